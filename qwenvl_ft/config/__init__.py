@@ -1,0 +1,30 @@
+"""Typed recipe configuration: schema (dataclasses) and loader (YAML + dotted overrides)."""
+
+from .loader import apply_override, dump_yaml, load_recipe, to_dict
+from .schema import (
+    ConfigError,
+    DataConfig,
+    DatasetSpec,
+    LoraConfig,
+    ModelConfig,
+    OutputConfig,
+    QuantConfig,
+    RecipeConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DatasetSpec",
+    "LoraConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "QuantConfig",
+    "RecipeConfig",
+    "TrainConfig",
+    "apply_override",
+    "dump_yaml",
+    "load_recipe",
+    "to_dict",
+]

@@ -1,0 +1,212 @@
+"""The recipe schema: one small typed dataclass per section of a YAML recipe.
+
+A recipe is `RecipeConfig`; each section (`model`, `data`, `lora`, `quant`, `train`, `output`)
+is a dataclass whose fields are the only keys allowed in that section. Types are checked by
+`qwenvl_ft.config.loader`; rules that involve several fields of one section live in that
+section's `validate()`, and rules across sections in `RecipeConfig.validate()`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+Dtype = Literal["bf16", "fp16", "fp32"]
+DataFormat = Literal["auto", "qwen_vl", "llava", "messages", "openai"]
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the key and the source."""
+
+
+def zero_stage(path: str) -> int:
+    """The ZeRO stage a DeepSpeed JSON asks for (0 when it has no zero_optimization section)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            ds = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"'train.deepspeed': no such file {path!r} (paths are relative to where you launch)"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"'train.deepspeed': {path} is not valid JSON: {e}") from None
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """Checkpoint directory (a Hugging Face layout: config.json, weights, tokenizer, processor)."""
+    family: str | None = None
+    """Model generation; None detects it from the checkpoint's config.json (never from the path)."""
+    is_base: bool | None = None
+    """Base (non-chat) model: LoRA then also trains embeddings and lm_head. None: from checkpoint metadata."""
+    dtype: Dtype = "bf16"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    min_pixels: int | None = None
+    """Smallest image area after resizing; None keeps the checkpoint's processor setting."""
+    max_pixels: int | None = None
+    """Largest image area after resizing (caps visual tokens per image); None keeps the checkpoint's."""
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("'model.path' is required: the checkpoint directory to fine-tune")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"'model.{name}' must be positive, got {value}")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ConfigError(
+                f"'model.min_pixels' ({self.min_pixels}) is larger than 'model.max_pixels' ({self.max_pixels})"
+            )
+
+
+@dataclass
+class DatasetSpec:
+    path: str = ""
+    """A JSON / JSONL file, a parquet/arrow file, or a `datasets.save_to_disk` directory."""
+    format: DataFormat = "auto"
+    weight: float = 1.0
+    """Relative sampling weight when several datasets are mixed."""
+    image_root: str | None = None
+    """Folder that relative image paths resolve against; None: the data file's folder."""
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("every dataset needs a 'path'")
+        if self.weight <= 0:
+            raise ConfigError(f"dataset weight must be positive, got {self.weight} for {self.path}")
+
+
+@dataclass
+class DataConfig:
+    train: list[DatasetSpec] = field(default_factory=list)
+    eval: list[DatasetSpec] = field(default_factory=list)
+    max_length: int = 2048
+    """Longest sample in tokens, visual tokens included."""
+    overlength: Literal["drop", "truncate"] = "drop"
+    """What to do with longer samples: drop them (reported), or cut text never inside an image span."""
+    supervise: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    allow_urls: bool = False
+    """Fetch http(s) images named in the data; off so a run never depends on the network by surprise."""
+    num_workers: int = 2
+
+    def validate(self) -> None:
+        if not self.train:
+            raise ConfigError("'data.train' needs at least one dataset")
+        for spec in [*self.train, *self.eval]:
+            spec.validate()
+        if self.max_length < 16:
+            raise ConfigError(f"'data.max_length' must be at least 16, got {self.max_length}")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: list[str] | None = None
+    """Module-name regexes; None: every linear layer of the language model (the family's default)."""
+    modules_to_save: list[str] | None = None
+    """Modules trained in full next to LoRA; None: embeddings and lm_head for base models, else none."""
+
+    def validate(self) -> None:
+        if self.r <= 0 or self.alpha <= 0:
+            raise ConfigError(
+                f"'lora.r' and 'lora.alpha' must be positive, got r={self.r}, alpha={self.alpha}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"'lora.dropout' must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class QuantConfig:
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
+class TrainConfig:
+    mode: Literal["full", "lora", "qlora"] = "lora"
+    freeze_vision: bool = True
+    """Keep the vision tower frozen (the default for every generation)."""
+    freeze_merger: bool | None = None
+    """Freeze the merger / resampler; None: the family's default for the mode."""
+    freeze_language: bool = False
+    vision_lr: float | None = None
+    merger_lr: float | None = None
+    learning_rate: float = 1e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1: run `epochs`."""
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int = 8
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    deepspeed: str | None = None
+    """Path to a DeepSpeed JSON (configs/deepspeed/); it must leave batch sizes and optimizer to the recipe."""
+    fsdp: bool = False
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = 3
+    resume: str | None = None
+    """'auto' resumes from the latest complete checkpoint in output.dir; or a checkpoint path."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+
+    def validate(self) -> None:
+        for name in ("learning_rate", "vision_lr", "merger_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"'train.{name}' must be positive, got {value}")
+        if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ConfigError(
+                "'train.per_device_batch_size' and 'train.gradient_accumulation_steps' must be >= 1"
+            )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"'train.max_steps' must be -1 (use epochs) or positive, got {self.max_steps}")
+        if self.deepspeed and self.fsdp:
+            raise ConfigError("'train.deepspeed' and 'train.fsdp' are two engines: choose one")
+        if self.freeze_vision and self.vision_lr is not None:
+            raise ConfigError(
+                "'train.vision_lr' is set but the vision tower is frozen ('train.freeze_vision: true')"
+            )
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/default"
+    overwrite: bool = False
+    """Allow writing into a non-empty output directory that holds no resumable run."""
+
+    def validate(self) -> None:
+        if not self.dir:
+            raise ConfigError("'output.dir' must not be empty")
+
+
+@dataclass
+class RecipeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> None:
+        for section in (self.model, self.data, self.lora, self.quant, self.train, self.output):
+            section.validate()
+        if self.train.mode == "qlora" and self.train.deepspeed and zero_stage(self.train.deepspeed) == 3:
+            raise ConfigError(
+                "Q-LoRA cannot run under DeepSpeed ZeRO-3 (4-bit weights cannot be partitioned); "
+                "use configs/deepspeed/zero2.json or no DeepSpeed"
+            )
+        if self.train.mode == "qlora" and self.model.dtype == "fp32":
+            raise ConfigError("Q-LoRA computes in 16-bit: set 'model.dtype' to bf16 or fp16")

@@ -1,0 +1,1 @@
+"""Data: neutral conversations (readers) and per-generation encoding (ids, labels, pixels)."""

@@ -1,0 +1,131 @@
+"""Render a neutral conversation in a generation's chat format and tokenize it with labels.
+
+The rendering follows the family's `ChatFormat` (ChatML for every generation). Text between
+special tokens is tokenized as one run, with offsets, so the ids are exactly those of tokenizing
+the whole rendered string, and each token's label is decided by the character it starts at.
+By default every assistant turn's content and its closing `<|im_end|>` are supervised; the
+role header, the newline after `<|im_end|>`, system and user turns are -100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .conversation import Conversation
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ..models.processor import VLProcessor
+
+IGNORE = -100
+
+
+@dataclass
+class Piece:
+    """A rendered piece: plain text, or one special token repeated `repeat` times."""
+
+    text: str
+    supervised: bool
+    special: bool = False
+    repeat: int = 1
+    modality: int = 0
+    """0 text, 1 image, 2 video: transformers' `mm_token_type_ids` for the mRoPE position rules."""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    mm_token_type_ids: list[int]
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+
+
+def render(
+    conv: Conversation,
+    processor: VLProcessor,
+    images: list[Image.Image],
+    supervise: Literal["all_assistant", "last_assistant"] = "all_assistant",
+) -> list[Piece]:
+    """The conversation as pieces in the family's chat format; `images` are the loaded images in order."""
+    chat = processor.family.chat
+    turns = list(conv.turns)
+    last_assistant = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=-1)
+    pieces: list[Piece] = []
+    if chat.default_system is not None and (not turns or turns[0].role != "system"):
+        pieces += [
+            Piece(chat.im_start, False, True),
+            Piece(f"system\n{chat.default_system}", False),
+            Piece(chat.im_end, False, True),
+            Piece("\n", False),
+        ]
+    n_image = 0
+    for i, turn in enumerate(turns):
+        sup = turn.role == "assistant" and (supervise == "all_assistant" or i == last_assistant)
+        pieces += [Piece(chat.im_start, False, True), Piece(f"{turn.role}\n", False)]
+        for seg in turn.segments:
+            if seg.kind == "text":
+                pieces.append(Piece(str(seg.value), sup))
+            elif seg.kind == "image":
+                image = images[n_image]
+                n_image += 1
+                if chat.image_prefix:
+                    pieces.append(Piece(chat.image_prefix.format(n=n_image), sup))
+                n = processor.image_tokens(image.height, image.width)
+                pieces += [
+                    Piece(chat.image_open, False, True),
+                    Piece(chat.image_pad, False, True, n, modality=1),
+                    Piece(chat.image_close, False, True),
+                ]
+            else:
+                raise NotImplementedError(f"{conv.id}: video segments are not supported yet")
+        pieces += [Piece(chat.im_end, sup, True), Piece("\n", False)]
+    return pieces
+
+
+def tokenize(pieces: list[Piece], tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """Token ids, labels and modality types for rendered pieces (labelling rule: module docstring)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    types: list[int] = []
+    run: list[Piece] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        text = "".join(p.text for p in run)
+        # Which piece each character belongs to, so a token is labelled by where it starts.
+        owner = [j for j, p in enumerate(run) for _ in p.text]
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        for tid, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+            ids.append(tid)
+            labels.append(tid if run[owner[min(start, len(owner) - 1)]].supervised else IGNORE)
+            types.append(0)
+        run.clear()
+
+    for p in pieces:
+        if p.special:
+            flush()
+            tid = tokenizer.convert_tokens_to_ids(p.text)
+            ids.extend([tid] * p.repeat)
+            labels.extend([tid if p.supervised else IGNORE] * p.repeat)
+            types.extend([p.modality] * p.repeat)
+        elif p.text:
+            run.append(p)
+    flush()
+    return ids, labels, types
+
+
+def encode(
+    conv: Conversation,
+    processor: VLProcessor,
+    images: list[Image.Image],
+    supervise: Literal["all_assistant", "last_assistant"] = "all_assistant",
+) -> Encoded:
+    """Token ids, labels and pixel tensors for one conversation with its loaded images."""
+    ids, labels, types = tokenize(render(conv, processor, images, supervise), processor.tokenizer)
+    pixels = processor.images(images) if images else {"pixel_values": None, "image_grid_thw": None}
+    return Encoded(ids, labels, types, pixels["pixel_values"], pixels["image_grid_thw"])

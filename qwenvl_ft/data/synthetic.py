@@ -1,0 +1,73 @@
+"""Synthetic images of coloured shapes with exact boxes, for the demo data, self-checks and tests.
+
+Deterministic for a seed, and drawn with PIL only, so they need no download and no torchvision.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 200, 30),
+    "purple": (140, 60, 180),
+}
+SHAPES = ("square", "circle", "triangle")
+
+
+@dataclass
+class Shape:
+    colour: str
+    shape: str
+    box: tuple[int, int, int, int]
+    """x1, y1, x2, y2 in pixels of the image (x2, y2 exclusive)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+def draw_shapes(
+    seed: int, size: tuple[int, int] = (96, 72), count: int = 2
+) -> tuple[Image.Image, list[Shape]]:
+    """An RGB image of `size` (width, height) with `count` non-overlapping shapes, and their boxes."""
+    rng = random.Random(seed)
+    w, h = size
+    image = Image.new("RGB", size, (245, 245, 240))
+    draw = ImageDraw.Draw(image)
+    shapes: list[Shape] = []
+    names = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
+    for colour, kind in names:
+        for _ in range(100):  # rejection-sample a free spot; tiny images fit two or three shapes
+            side = rng.randint(max(8, min(w, h) // 5), max(9, min(w, h) // 2))
+            x1, y1 = rng.randint(0, w - side), rng.randint(0, h - side)
+            box = (x1, y1, x1 + side, y1 + side)
+            if all(_disjoint(box, s.box) for s in shapes):
+                break
+        else:
+            raise ValueError(f"cannot place {count} shapes on a {w}x{h} image")
+        fill = COLOURS[colour]
+        corners = [box[0], box[1], box[2] - 1, box[3] - 1]
+        if kind == "square":
+            draw.rectangle(corners, fill=fill)
+        elif kind == "circle":
+            draw.ellipse(corners, fill=fill)
+        else:
+            draw.polygon(
+                [(box[0], box[3] - 1), ((box[0] + box[2]) // 2, box[1]), (box[2] - 1, box[3] - 1)], fill=fill
+            )
+        shapes.append(Shape(colour, kind, box))
+    return image, shapes
+
+
+def shapes_image(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
+    return draw_shapes(seed, size)[0]
+
+
+def _disjoint(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]

@@ -1,0 +1,225 @@
+"""What every model generation must tell the rest of the toolkit, as data wherever it can be.
+
+A `ModelFamily` subclass per generation lives in its own module (`qwen2_vl.py`, ...) and is
+registered in `qwenvl_ft.models`. Core code (data encoders, trainer, merge) asks the family for
+module paths, tokens, box text and token budgets; it never branches on a model type.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from .processor import VLProcessor
+
+
+@dataclass(frozen=True)
+class ModulePaths:
+    """Dotted module paths inside the loaded model (`named_modules()` names)."""
+
+    vision: str
+    """The vision tower: frozen by default."""
+    merger: tuple[str, ...]
+    """Projector(s) from vision features into the language model (merger / resampler)."""
+    language: tuple[str, ...]
+    """The language model (decoder blocks, norms, embeddings)."""
+    embeddings: str
+    lm_head: str
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a conversation is rendered (ChatML for every generation, with generation-specific parts)."""
+
+    default_system: str | None
+    """System prompt the official template inserts when a conversation has none (None: it inserts none)."""
+    image_open: str
+    image_pad: str
+    image_close: str
+    video_pad: str | None
+    image_prefix: str = ""
+    """Text before each image; `{n}` is the 1-based image number (first generation: 'Picture {n}: ')."""
+    im_start: str = "<|im_start|>"
+    im_end: str = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class BoxStyle:
+    """How grounding boxes are written in text, and in which coordinate system."""
+
+    ref: str
+    """Template around a referring expression, `{}` is the text."""
+    box: str
+    """Template of one box, with fields x1 y1 x2 y2."""
+    coords: Literal["norm1000", "resized_pixels"]
+    """norm1000: integers in [0, 1000) of the image; resized_pixels: pixels of the resized image."""
+    box_pattern: str
+    """Regex that finds one box in model text; groups are x1, y1, x2, y2."""
+
+
+@dataclass(frozen=True)
+class VisionBudget:
+    """Resize rules that decide how many visual tokens an image costs."""
+
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    min_pixels: int
+    max_pixels: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    fixed_tokens: int | None = None
+    """Generations with a fixed-size input (first generation: 448 px, 256 tokens) set this."""
+    fixed_size: int | None = None
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+
+class ModelFamily:
+    """One Qwen vision-language generation. Subclasses fill the class attributes and hooks."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    processor_class: ClassVar[str]
+    """transformers processor class named in preprocessor_config.json."""
+    model_types: ClassVar[tuple[str, ...]]
+    """`model_type` values in a checkpoint's config.json that belong to this family."""
+    special_tokens: ClassVar[tuple[str, ...]]
+    """Special tokens in id order, starting at `first_special_id` (151643 for the real vocabulary)."""
+    first_special_id: ClassVar[int] = 151643
+    paths: ClassVar[ModulePaths]
+    chat: ClassVar[ChatFormat]
+    boxes: ClassVar[BoxStyle]
+    vision: ClassVar[VisionBudget]
+    lora_target_regex: ClassVar[str]
+    """Regex (PEFT full-match) selecting every linear layer of the language model, none of the vision tower."""
+    chat_template: ClassVar[str]
+    """The Jinja template of the official checkpoints, saved with tiny models."""
+    supported: ClassVar[bool] = True
+    unsupported_reason: ClassVar[str] = ""
+
+    # -- loading ---------------------------------------------------------------------------
+    def model_class(self) -> type[PreTrainedModel]:
+        raise NotImplementedError
+
+    def load_model(self, path: str, dtype: torch.dtype | None = None, **kwargs: Any) -> PreTrainedModel:
+        self.require_supported()
+        return self.model_class().from_pretrained(path, dtype=dtype, **kwargs)
+
+    def load_processor(
+        self, path: str, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> VLProcessor:
+        from .processor import VLProcessor
+
+        self.require_supported()
+        return VLProcessor.from_pretrained(self, path, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    def require_supported(self) -> None:
+        if not self.supported:
+            raise NotImplementedError(f"{self.title}: {self.unsupported_reason}")
+
+    # -- tiny models -----------------------------------------------------------------------
+    def tiny_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+        """A scaled-down copy of the published config (hidden sizes multiples of 32)."""
+        raise NotImplementedError
+
+    # -- visual token budgets --------------------------------------------------------------
+    def resized_size(
+        self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> tuple[int, int]:
+        """(height, width) the image processor resizes an image to (Qwen2-VL's `smart_resize` rule)."""
+        v = self.vision
+        if v.fixed_size is not None:
+            return v.fixed_size, v.fixed_size
+        return smart_resize(height, width, v.factor, min_pixels or v.min_pixels, max_pixels or v.max_pixels)
+
+    def image_tokens(
+        self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> int:
+        """Number of image pad tokens (visual features) one image of this size costs."""
+        if self.vision.fixed_tokens is not None:
+            return self.vision.fixed_tokens
+        h, w = self.resized_size(height, width, min_pixels, max_pixels)
+        return (h // self.vision.factor) * (w // self.vision.factor)
+
+    # -- boxes -----------------------------------------------------------------------------
+    def format_ref(self, text: str) -> str:
+        return self.boxes.ref.format(text)
+
+    def format_box(
+        self, box: tuple[float, float, float, float], image_size: tuple[int, int], resized: tuple[int, int]
+    ) -> str:
+        """Write a box given in pixels of the original image.
+
+        image_size and resized are (width, height) of the original and of the resized image.
+        """
+        x1, y1, x2, y2 = to_family_coords(box, image_size, resized, self.boxes.coords)
+        return self.boxes.box.format(x1=x1, y1=y1, x2=x2, y2=y2)
+
+    def parse_boxes(
+        self, text: str, image_size: tuple[int, int], resized: tuple[int, int]
+    ) -> list[tuple[float, float, float, float]]:
+        """Every box written in `text`, back in pixels of the original image."""
+        out = []
+        for m in re.finditer(self.boxes.box_pattern, text):
+            coords = tuple(int(g) for g in m.groups())
+            out.append(from_family_coords(coords, image_size, resized, self.boxes.coords))
+        return out
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Round each side to a multiple of `factor`, then scale so the area falls in [min_pixels, max_pixels]."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image has an empty side: {width}x{height}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio of a {width}x{height} image exceeds 200, which Qwen VL models refuse")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def to_family_coords(
+    box: tuple[float, float, float, float], image_size: tuple[int, int], resized: tuple[int, int], coords: str
+) -> tuple[int, int, int, int]:
+    """Pixels of the original (width, height) image -> the integers a generation writes."""
+    w, h = image_size
+    x1, y1, x2, y2 = box
+    if coords == "norm1000":
+        # [0, 1000): round to the nearest unit, the far edge (x == w) lands on 999.
+        return tuple(min(999, max(0, round(v / s * 1000))) for v, s in ((x1, w), (y1, h), (x2, w), (y2, h)))
+    rw, rh = resized
+    return tuple(
+        min(lim, max(0, round(v * r / s)))
+        for v, r, s, lim in ((x1, rw, w, rw), (y1, rh, h, rh), (x2, rw, w, rw), (y2, rh, h, rh))
+    )
+
+
+def from_family_coords(
+    coords_xyxy: tuple[int, ...], image_size: tuple[int, int], resized: tuple[int, int], coords: str
+) -> tuple[float, float, float, float]:
+    """The integers a generation writes -> pixels of the original (width, height) image."""
+    w, h = image_size
+    x1, y1, x2, y2 = coords_xyxy
+    if coords == "norm1000":
+        return (x1 * w / 1000, y1 * h / 1000, x2 * w / 1000, y2 * h / 1000)
+    rw, rh = resized
+    return (x1 * w / rw, y1 * h / rh, x2 * w / rw, y2 * h / rh)

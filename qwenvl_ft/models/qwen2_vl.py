@@ -1,0 +1,161 @@
+"""Qwen2-VL: dynamic-resolution ViT (patch 14, 2x2 merge), mRoPE, ChatML with vision tokens.
+
+Boxes: `<|object_ref_start|>text<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`,
+integers in [0, 1000) of the image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import BoxStyle, ChatFormat, ModelFamily, ModulePaths, VisionBudget
+
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# Official Qwen2-VL / Qwen2.5-VL template: a default system prompt when the conversation has none.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+PATHS = ModulePaths(
+    vision="model.visual",
+    merger=("model.visual.merger",),
+    language=("model.language_model",),
+    embeddings="model.language_model.embed_tokens",
+    lm_head="lm_head",
+)
+
+CHAT = ChatFormat(
+    default_system="You are a helpful assistant.",
+    image_open="<|vision_start|>",
+    image_pad="<|image_pad|>",
+    image_close="<|vision_end|>",
+    video_pad="<|video_pad|>",
+)
+
+# Every linear layer of the decoder; the vision blocks also have gate/up/down_proj, hence the path.
+LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+SPECIAL_TOKEN_BOXES = dict(
+    ref="<|object_ref_start|>{}<|object_ref_end|>",
+    box="<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>",
+    box_pattern=r"<\|box_start\|>\s*\((\d+),\s*(\d+)\)\s*,\s*\((\d+),\s*(\d+)\)\s*<\|box_end\|>",
+)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Tiny models: the published layout scaled down to hidden 64, two layers, four heads.
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-6,
+)
+TINY_MROPE = [2, 3, 3]  # sums to head_dim / 2 = 8, in the published 16:24:24 proportions
+
+
+def tiny_token_ids(tokenizer: Any) -> dict[str, int]:
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def tiny_vocab_size(tokenizer: Any) -> int:
+    # Real checkpoints pad the vocabulary (151936 for 151665 tokens); keep a multiple of 128.
+    return -(-len(tokenizer) // 128) * 128
+
+
+class Qwen2VLFamily(ModelFamily):
+    name = "qwen2_vl"
+    title = "Qwen2-VL"
+    model_types = ("qwen2_vl",)
+    processor_class = "Qwen2VLProcessor"
+    special_tokens = SPECIAL_TOKENS
+    paths = PATHS
+    chat = CHAT
+    boxes = BoxStyle(coords="norm1000", **SPECIAL_TOKEN_BOXES)
+    vision = VisionBudget(
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=56 * 56,
+        max_pixels=28 * 28 * 16384,  # 12845056, the published preprocessor_config
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    lora_target_regex = LORA_TARGETS
+    chat_template = CHAT_TEMPLATE
+
+    def model_class(self):
+        from transformers import Qwen2VLForConditionalGeneration
+
+        return Qwen2VLForConditionalGeneration
+
+    def tiny_config(self, tokenizer):
+        from transformers import Qwen2VLConfig
+
+        ids = tokenizer.convert_tokens_to_ids
+        return Qwen2VLConfig(
+            text_config=dict(
+                TINY_TEXT,
+                vocab_size=tiny_vocab_size(tokenizer),
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 1000000.0,
+                    "mrope_section": TINY_MROPE,
+                },
+                bos_token_id=ids("<|endoftext|>"),
+                eos_token_id=ids("<|im_end|>"),
+                pad_token_id=ids("<|endoftext|>"),
+            ),
+            vision_config=dict(
+                depth=2,
+                embed_dim=64,
+                hidden_size=64,
+                num_heads=4,
+                mlp_ratio=2,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+            ),
+            tie_word_embeddings=False,
+            **tiny_token_ids(tokenizer),
+        )

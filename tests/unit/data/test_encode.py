@@ -1,0 +1,123 @@
+"""Encoding: ids equal an independent tokenizer (tiktoken) on the hand-written rendered text, and the
+label mask supervises exactly the assistant content and its <|im_end|>, token by token."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from qwenvl_ft.data.conversation import Conversation, Segment, Turn
+from qwenvl_ft.data.encode import IGNORE, encode
+from qwenvl_ft.models import get_family
+from qwenvl_ft.models.processor import VLProcessor
+from qwenvl_ft.models.tokenizer import QWEN_PATTERN, qwen_vocab_file
+
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+
+
+def tiktoken_ids(text: str, specials: tuple[str, ...]) -> list[int]:
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import load_tiktoken_bpe
+
+    enc = tiktoken.Encoding(
+        "qwen",
+        pat_str=QWEN_PATTERN,
+        mergeable_ranks=load_tiktoken_bpe(str(qwen_vocab_file())),
+        special_tokens={t: 151643 + i for i, t in enumerate(specials)},
+    )
+    return enc.encode(text, allowed_special="all")
+
+
+def two_turn() -> tuple[Conversation, list[Image.Image]]:
+    # 56x56 resizes to itself for 14-px patches: a 4x4 patch grid, merged 2x2 -> 4 image tokens.
+    image = Image.new("RGB", (56, 56), (200, 30, 30))
+    conv = Conversation(
+        id="t",
+        turns=[
+            Turn("user", [Segment("image", image), Segment("text", "What is this?")]),
+            Turn("assistant", [Segment("text", "A red square.")]),
+            Turn("user", [Segment("text", "Sure?")]),
+            Turn("assistant", [Segment("text", "Yes")]),
+        ],
+    )
+    return conv, [image]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen2_family_ids_and_mask(real_tokenizer, family):
+    fam = get_family(family)
+    proc = VLProcessor.for_family(fam, real_tokenizer(family))
+    conv, images = two_turn()
+    enc = encode(conv, proc, images)
+    expected_text = (
+        SYSTEM
+        + "<|im_start|>user\n<|vision_start|>"
+        + "<|image_pad|>" * 4
+        + "<|vision_end|>What is this?<|im_end|>\n"
+        + "<|im_start|>assistant\nA red square.<|im_end|>\n"
+        + "<|im_start|>user\nSure?<|im_end|>\n"
+        + "<|im_start|>assistant\nYes<|im_end|>\n"
+    )
+    assert enc.input_ids == tiktoken_ids(expected_text, fam.special_tokens)
+    tok = proc.tokenizer
+    supervised = [tok.decode([t]) for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
+    assert supervised == ["A", " red", " square", ".", "<|im_end|>", "Yes", "<|im_end|>"]
+    assert all(lab in (IGNORE, t) for t, lab in zip(enc.input_ids, enc.labels, strict=True))
+    assert enc.mm_token_type_ids.count(1) == 4
+    assert enc.image_grid_thw.tolist() == [[1, 4, 4]]
+
+
+def test_last_assistant_only(real_tokenizer):
+    fam = get_family("qwen2_5_vl")
+    proc = VLProcessor.for_family(fam, real_tokenizer("qwen2_5_vl"))
+    conv, images = two_turn()
+    enc = encode(conv, proc, images, supervise="last_assistant")
+    supervised = [
+        proc.tokenizer.decode([t]) for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE
+    ]
+    assert supervised == ["Yes", "<|im_end|>"]
+
+
+def test_qwen3_has_no_default_system_and_keeps_given_one(real_tokenizer):
+    fam = get_family("qwen3_vl")
+    proc = VLProcessor.for_family(fam, real_tokenizer("qwen3_vl"))
+    # 64x64 fits 16-px patches, but Qwen3-VL's min_pixels (65536) scales it up to 256x256: 8x8 = 64 tokens.
+    image = Image.new("RGB", (64, 64))
+    conv = Conversation(
+        id="t",
+        turns=[
+            Turn("user", [Segment("text", "Look: "), Segment("image", image)]),
+            Turn("assistant", [Segment("text", "[1, 2, 3, 4]")]),
+        ],
+    )
+    enc = encode(conv, proc, [image])
+    text = (
+        "<|im_start|>user\nLook: <|vision_start|>" + "<|image_pad|>" * 64 + "<|vision_end|><|im_end|>\n"
+        "<|im_start|>assistant\n[1, 2, 3, 4]<|im_end|>\n"
+    )
+    assert enc.input_ids == tiktoken_ids(text, fam.special_tokens)
+    with_system = Conversation(id="s", turns=[Turn("system", [Segment("text", "Be brief.")]), *conv.turns])
+    enc2 = encode(with_system, proc, [image])
+    assert enc2.input_ids == tiktoken_ids(
+        "<|im_start|>system\nBe brief.<|im_end|>\n" + text, fam.special_tokens
+    )
+    assert enc2.labels.count(IGNORE) == len(enc2.labels) - len(
+        tiktoken_ids("[1, 2, 3, 4]<|im_end|>", fam.special_tokens)
+    )
+
+
+def test_rendering_matches_the_saved_chat_template(real_tokenizer):
+    """Our renderer and the Jinja template written into checkpoints produce the same text."""
+    for family in ("qwen2_vl", "qwen3_vl"):
+        fam = get_family(family)
+        tok = real_tokenizer(family)
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]},
+        ]
+        text = tok.apply_chat_template(messages, tokenize=False, chat_template=fam.chat_template)
+        system = SYSTEM if fam.chat.default_system else ""
+        assert text == (
+            system + "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n"
+            "<|im_start|>assistant\nHello<|im_end|>\n"
+        )

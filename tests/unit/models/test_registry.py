@@ -1,0 +1,71 @@
+"""The family registry: detection from config.json (never the directory name), clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qwenvl_ft.models import FAMILIES, detect_family, get_family, resolve_family
+
+
+def checkpoint(tmp_path, dirname: str, model_type: str):
+    path = tmp_path / dirname
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("model_type", "family"),
+    [
+        ("qwen", "qwen_vl"),
+        ("qwen2_vl", "qwen2_vl"),
+        ("qwen2_5_vl", "qwen2_5_vl"),
+        ("qwen3_vl", "qwen3_vl"),
+        ("qwen3_vl_moe", "qwen3_vl_moe"),
+    ],
+)
+def test_detect_from_model_type(tmp_path, model_type, family):
+    assert detect_family(checkpoint(tmp_path, "ckpt", model_type)).name == family
+
+
+def test_directory_name_is_ignored(tmp_path):
+    # A directory called Qwen2-VL holding a Qwen3-VL checkpoint is a Qwen3-VL checkpoint.
+    assert detect_family(checkpoint(tmp_path, "Qwen2-VL-7B-Instruct", "qwen3_vl")).name == "qwen3_vl"
+
+
+def test_unknown_model_type_and_missing_config(tmp_path):
+    with pytest.raises(
+        ValueError,
+        match=r"model_type 'llava' is not a Qwen VL generation this toolkit knows \(qwen, qwen2_vl",
+    ):
+        detect_family(checkpoint(tmp_path, "x", "llava"))
+    with pytest.raises(ValueError, match=r"no config.json, so this is not a checkpoint directory"):
+        detect_family(tmp_path)
+
+
+def test_named_family_must_match_checkpoint(tmp_path):
+    path = checkpoint(tmp_path, "c", "qwen2_5_vl")
+    assert resolve_family(path, "qwen2_5_vl").name == "qwen2_5_vl"
+    with pytest.raises(
+        ValueError, match=r"the recipe says family 'qwen2_vl' but .*/c/config.json is a qwen2_5_vl checkpoint"
+    ):
+        resolve_family(path, "qwen2_vl")
+    with pytest.raises(ValueError, match=r"unknown model family 'qwen4'; known families: qwen_vl, qwen2_vl"):
+        get_family("qwen4")
+
+
+def test_every_family_declares_its_facts():
+    for family in FAMILIES.values():
+        assert family.model_types and family.special_tokens[0] == "<|endoftext|>"
+        assert family.chat.image_pad in family.special_tokens
+        assert family.paths.vision not in family.paths.language
+        assert "visual" not in family.lora_target_regex
+
+
+def test_first_generation_reports_missing_model():
+    with pytest.raises(
+        NotImplementedError, match=r"Qwen-VL \(first generation\): the native first-generation model"
+    ):
+        get_family("qwen_vl").load_model("/nowhere")
