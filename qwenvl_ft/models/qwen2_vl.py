@@ -6,7 +6,7 @@ integers in [0, 1000) of the image.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from .base import BoxStyle, ChatFormat, ModelFamily, ModulePaths, VisionBudget
 
@@ -88,21 +88,6 @@ TINY_TEXT = dict(
 TINY_MROPE = [2, 3, 3]  # sums to head_dim / 2 = 8, in the published 16:24:24 proportions
 
 
-def tiny_token_ids(tokenizer: Any) -> dict[str, int]:
-    ids = tokenizer.convert_tokens_to_ids
-    return dict(
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
-
-
-def tiny_vocab_size(tokenizer: Any) -> int:
-    # Real checkpoints pad the vocabulary (151936 for 151665 tokens); keep a multiple of 128.
-    return -(-len(tokenizer) // 128) * 128
-
-
 class Qwen2VLFamily(ModelFamily):
     name = "qwen2_vl"
     title = "Qwen2-VL"
@@ -123,39 +108,49 @@ class Qwen2VLFamily(ModelFamily):
     )
     lora_target_regex = LORA_TARGETS
     chat_template = CHAT_TEMPLATE
+    tiny_vision: ClassVar[dict[str, Any]] = dict(
+        depth=2,
+        embed_dim=64,
+        hidden_size=64,
+        num_heads=4,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    tiny_rope: ClassVar[dict[str, Any]] = {
+        "rope_type": "default",
+        "rope_theta": 1000000.0,
+        "mrope_section": TINY_MROPE,
+    }
 
     def model_class(self):
         from transformers import Qwen2VLForConditionalGeneration
 
         return Qwen2VLForConditionalGeneration
 
-    def tiny_config(self, tokenizer):
-        from transformers import Qwen2VLConfig
+    def tiny_text_extra(self, tokenizer) -> dict[str, Any]:
+        """Text-config fields a later generation adds to the tiny layout (head_dim, experts...)."""
+        return {}
 
+    def tiny_config(self, tokenizer):
         ids = tokenizer.convert_tokens_to_ids
-        return Qwen2VLConfig(
+        config_class = self.model_class().config_class
+        return config_class(
             text_config=dict(
                 TINY_TEXT,
-                vocab_size=tiny_vocab_size(tokenizer),
-                rope_parameters={
-                    "rope_type": "default",
-                    "rope_theta": 1000000.0,
-                    "mrope_section": TINY_MROPE,
-                },
+                # Real checkpoints pad the vocabulary (151936 for 151665 tokens); keep a multiple of 128.
+                vocab_size=-(-len(tokenizer) // 128) * 128,
+                rope_parameters=self.tiny_rope,
                 bos_token_id=ids("<|endoftext|>"),
                 eos_token_id=ids("<|im_end|>"),
                 pad_token_id=ids("<|endoftext|>"),
+                **self.tiny_text_extra(tokenizer),
             ),
-            vision_config=dict(
-                depth=2,
-                embed_dim=64,
-                hidden_size=64,
-                num_heads=4,
-                mlp_ratio=2,
-                patch_size=14,
-                spatial_merge_size=2,
-                temporal_patch_size=2,
-            ),
+            vision_config=self.tiny_vision,
             tie_word_embeddings=False,
-            **tiny_token_ids(tokenizer),
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
         )

@@ -6,9 +6,9 @@ the referring expression is written as plain text.
 
 from __future__ import annotations
 
-from .base import BoxStyle, ChatFormat, ModelFamily, ModulePaths, VisionBudget
+from .base import BoxStyle, ChatFormat, ModulePaths, VisionBudget
 from .qwen2_5_vl import SPECIAL_TOKENS_2_5
-from .qwen2_vl import LORA_TARGETS, TINY_MROPE, TINY_TEXT, tiny_token_ids, tiny_vocab_size
+from .qwen2_vl import TINY_MROPE, Qwen2VLFamily
 
 SPECIAL_TOKENS_3 = SPECIAL_TOKENS_2_5 + ("<tool_response>", "</tool_response>", "<think>", "</think>")
 
@@ -70,39 +70,8 @@ VISION_3 = VisionBudget(
     image_std=(0.5, 0.5, 0.5),
 )
 
-TINY_VISION_3 = dict(
-    depth=2,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    out_hidden_size=64,
-    patch_size=16,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    num_position_embeddings=256,
-    deepstack_visual_indexes=[0, 1],
-)
 
-
-def tiny_text_3(tokenizer) -> dict:
-    ids = tokenizer.convert_tokens_to_ids
-    return dict(
-        TINY_TEXT,
-        head_dim=16,
-        vocab_size=tiny_vocab_size(tokenizer),
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 5000000.0,
-            "mrope_section": TINY_MROPE,
-            "mrope_interleaved": True,
-        },
-        bos_token_id=ids("<|endoftext|>"),
-        eos_token_id=ids("<|im_end|>"),
-        pad_token_id=ids("<|endoftext|>"),
-    )
-
-
-class Qwen3VLFamily(ModelFamily):
+class Qwen3VLFamily(Qwen2VLFamily):
     name = "qwen3_vl"
     title = "Qwen3-VL"
     model_types = ("qwen3_vl",)
@@ -112,20 +81,30 @@ class Qwen3VLFamily(ModelFamily):
     chat = CHAT_3
     boxes = BOXES_3
     vision = VISION_3
-    lora_target_regex = LORA_TARGETS
     chat_template = CHAT_TEMPLATE_3
+    tiny_vision = dict(
+        depth=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=4,
+        out_hidden_size=64,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=256,
+        deepstack_visual_indexes=[0, 1],
+    )
+    tiny_rope = {
+        "rope_type": "default",
+        "rope_theta": 5000000.0,
+        "mrope_section": TINY_MROPE,
+        "mrope_interleaved": True,
+    }
 
     def model_class(self):
         from transformers import Qwen3VLForConditionalGeneration
 
         return Qwen3VLForConditionalGeneration
 
-    def tiny_config(self, tokenizer):
-        from transformers import Qwen3VLConfig
-
-        return Qwen3VLConfig(
-            text_config=tiny_text_3(tokenizer),
-            vision_config=TINY_VISION_3,
-            tie_word_embeddings=False,
-            **tiny_token_ids(tokenizer),
-        )
+    def tiny_text_extra(self, tokenizer):
+        return {"head_dim": 16}

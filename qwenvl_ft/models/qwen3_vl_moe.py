@@ -7,15 +7,13 @@ the router (`mlp.gate`) is never a LoRA target.
 
 from __future__ import annotations
 
-from .qwen2_vl import tiny_token_ids
-from .qwen3_vl import TINY_VISION_3, Qwen3VLFamily, tiny_text_3
+from .qwen3_vl import Qwen3VLFamily
 
 
 class Qwen3VLMoeFamily(Qwen3VLFamily):
     name = "qwen3_vl_moe"
     title = "Qwen3-VL-MoE"
     model_types = ("qwen3_vl_moe",)
-    processor_class = "Qwen3VLProcessor"
     lora_target_regex = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
 
     def model_class(self):
@@ -23,19 +21,12 @@ class Qwen3VLMoeFamily(Qwen3VLFamily):
 
         return Qwen3VLMoeForConditionalGeneration
 
-    def tiny_config(self, tokenizer):
-        from transformers import Qwen3VLMoeConfig
-
-        return Qwen3VLMoeConfig(
-            text_config=dict(
-                tiny_text_3(tokenizer),
-                num_experts=4,
-                num_experts_per_tok=2,
-                moe_intermediate_size=64,
-                decoder_sparse_step=1,
-                mlp_only_layers=[],
-            ),
-            vision_config=TINY_VISION_3,
-            tie_word_embeddings=False,
-            **tiny_token_ids(tokenizer),
-        )
+    def tiny_text_extra(self, tokenizer):
+        return {
+            "head_dim": 16,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 64,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+        }
