@@ -12,13 +12,31 @@ from typing import Literal
 Role = Literal["system", "user", "assistant"]
 
 
+@dataclass(frozen=True)
+class Box:
+    """A box on one of the conversation's images, in pixels of the original image unless `normalized`."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    image: int = 0
+    """Index of the image (in conversation order) the box lies on."""
+    normalized: bool = False
+    """True when the source already wrote it in [0, 1000) (Qwen-VL data); False: pixels."""
+
+
 @dataclass
 class Segment:
-    """One piece of a turn: text, or an image / video given by path, URL or an in-memory PIL image."""
+    """One piece of a turn.
 
-    kind: Literal["text", "image", "video"]
+    text: `value` is the text. image / video: a path, URL or in-memory PIL image.
+    ref: a referring expression (`value` is its text), written in the family's ref style.
+    box: `value` is a `Box`, written in the family's box convention.
+    """
+
+    kind: Literal["text", "image", "video", "ref", "box"]
     value: object
-    """The text for text segments; a path, URL or PIL.Image for images."""
 
 
 @dataclass

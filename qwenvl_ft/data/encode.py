@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from .conversation import Conversation
+from .conversation import Box, Conversation
 
 if TYPE_CHECKING:
     import torch
@@ -80,10 +80,29 @@ def render(
                     Piece(chat.image_pad, False, True, n, modality=1),
                     Piece(chat.image_close, False, True),
                 ]
+            elif seg.kind == "ref":
+                pieces.append(Piece(processor.family.format_ref(str(seg.value)), sup))
+            elif seg.kind == "box":
+                pieces.append(Piece(box_text(seg.value, images, processor, conv.id), sup))
             else:
                 raise NotImplementedError(f"{conv.id}: video segments are not supported yet")
         pieces += [Piece(chat.im_end, sup, True), Piece("\n", False)]
     return pieces
+
+
+def box_text(box: Box, images: list[Image.Image], processor: VLProcessor, where: str) -> str:
+    """A box in the family's convention; sources in [0, 1000) go through pixels of the original image."""
+    if not 0 <= box.image < len(images):
+        raise ValueError(
+            f"{where}: a box refers to image {box.image + 1} but the sample has {len(images)} image(s)"
+        )
+    image = images[box.image]
+    w, h = image.width, image.height
+    xyxy = (box.x1, box.y1, box.x2, box.y2)
+    if box.normalized:
+        xyxy = (box.x1 * w / 1000, box.y1 * h / 1000, box.x2 * w / 1000, box.y2 * h / 1000)
+    resized = processor.resized_size(h, w)[::-1]
+    return processor.family.format_box(xyxy, (w, h), resized)
 
 
 def tokenize(pieces: list[Piece], tokenizer) -> tuple[list[int], list[int], list[int]]:

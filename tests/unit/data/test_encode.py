@@ -121,3 +121,51 @@ def test_rendering_matches_the_saved_chat_template(real_tokenizer):
             system + "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n"
             "<|im_start|>assistant\nHello<|im_end|>\n"
         )
+
+
+# Box (48, 50, 107, 109) on a 160x120 image, written by hand per family (see test_budget_and_boxes.py);
+# the same box given in [0, 1000) as (300, 417, 669, 908) must give the same text.
+GROUNDED = {
+    "qwen2_vl": "<|object_ref_start|>red square<|object_ref_end|><|box_start|>(300,417),(669,908)<|box_end|>",
+    "qwen2_5_vl": "<|object_ref_start|>red square<|object_ref_end|><|box_start|>(50,47),(112,102)<|box_end|>",
+    "qwen3_vl": "red square: [300, 417, 669, 908]",
+}
+
+
+@pytest.mark.parametrize("family", sorted(GROUNDED))
+@pytest.mark.parametrize("normalized", [False, True])
+def test_grounding_answer_in_family_convention(real_tokenizer, family, normalized):
+    from qwenvl_ft.data.conversation import Box
+
+    fam = get_family(family)
+    proc = VLProcessor.for_family(fam, real_tokenizer(family))
+    image = Image.new("RGB", (160, 120))
+    box = Box(300, 417, 669, 908, normalized=True) if normalized else Box(48, 50, 107, 109)
+    sep = [Segment("text", ": ")] if family == "qwen3_vl" else []
+    conv = Conversation(
+        id="g",
+        turns=[
+            Turn("user", [Segment("image", image), Segment("text", "Find the red square.")]),
+            Turn("assistant", [Segment("ref", "red square"), *sep, Segment("box", box)]),
+        ],
+    )
+    enc = encode(conv, proc, [image])
+    supervised = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
+    assert supervised == tiktoken_ids(GROUNDED[family] + "<|im_end|>", fam.special_tokens)
+
+
+def test_box_on_missing_image_is_reported(real_tokenizer):
+    from qwenvl_ft.data.conversation import Box
+
+    proc = VLProcessor.for_family(get_family("qwen2_vl"), real_tokenizer("qwen2_vl"))
+    conv = Conversation(
+        id="f.jsonl:3",
+        turns=[
+            Turn("user", [Segment("text", "hi")]),
+            Turn("assistant", [Segment("box", Box(1, 2, 3, 4, image=1))]),
+        ],
+    )
+    with pytest.raises(
+        ValueError, match=r"f.jsonl:3: a box refers to image 2 but the sample has 0 image\(s\)"
+    ):
+        encode(conv, proc, [])

@@ -1,0 +1,273 @@
+"""Readers: each source format -> the neutral `Conversation` (no tokenizer involved).
+
+Formats (detected per record with format "auto"):
+- qwen_vl:  {"id", "conversations": [{"from": "user"|"assistant", "value"}]}, images as
+            `Picture N: <img>PATH</img>`, boxes as `<ref>T</ref><box>(x1,y1),(x2,y2)</box>` in [0,1000).
+- llava:    {"id", "image": str|list, "conversations": [{"from": "human"|"gpt", "value"}]} with `<image>`.
+- messages: {"messages": [{"role", "content": str}], "images", "videos",
+             "objects": {"ref": [...], "bbox": [[x1,y1,x2,y2], ...]}} with `<image>`, `<video>`,
+             `<ref-object>`, `<bbox>` placeholders; boxes in pixels (or "bbox_type": "norm1000").
+- openai:   {"messages": [{"role", "content": [{"type": "image", "image"}, {"type": "text", "text"}]}]}.
+
+Every error names the sample as `file:line` (JSONL), `file[index]` (JSON) and its id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .conversation import Box, Conversation, Segment, Turn
+
+ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+_QWEN_VL_TOKENS = re.compile(
+    r"Picture \d+:\s?<img>(?P<img>.*?)</img>\n?"
+    r"|<ref>(?P<ref>.*?)</ref>"
+    r"|<box>\((?P<x1>\d+),(?P<y1>\d+)\),\((?P<x2>\d+),(?P<y2>\d+)\)</box>",
+    re.S,
+)
+_PLACEHOLDERS = re.compile(r"<image>|<video>|<ref-object>|<bbox>")
+
+
+class DataError(ValueError):
+    """A sample that cannot be used; the message starts with its location."""
+
+
+def detect_format(record: dict[str, Any]) -> str:
+    """The format of one record (see the module docstring)."""
+    if "messages" in record:
+        msgs = record["messages"]
+        if isinstance(msgs, list) and any(
+            isinstance(m, dict) and isinstance(m.get("content"), list) for m in msgs
+        ):
+            return "openai"
+        return "messages"
+    if "conversations" in record:
+        convs = record["conversations"]
+        first = convs[0] if isinstance(convs, list) and convs else {}
+        if (
+            "image" in record
+            or "video" in record
+            or (isinstance(first, dict) and first.get("from") in ("human", "gpt"))
+        ):
+            return "llava"
+        return "qwen_vl"
+    raise DataError(f"record has neither 'messages' nor 'conversations' (keys: {', '.join(sorted(record))})")
+
+
+def to_conversation(record: dict[str, Any], where: str, fmt: str, base: Path) -> Conversation:
+    """One record -> Conversation; `base` is the folder relative media paths resolve against."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a sample must be a JSON object, got {type(record).__name__}")
+    sample_id = f"{where} (id {record['id']})" if "id" in record else where
+    try:
+        fmt = detect_format(record) if fmt == "auto" else fmt
+        conv = _READERS[fmt](record, base)
+    except DataError as e:
+        raise DataError(f"{sample_id}: {e}") from None
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise DataError(f"{sample_id}: malformed {fmt} sample ({type(e).__name__}: {e})") from None
+    conv.id = sample_id
+    return conv
+
+
+def _media(value: Any, base: Path) -> str:
+    if not isinstance(value, str) or not value:
+        raise DataError(f"image/video must be a non-empty path or URL, got {value!r}")
+    if "://" in value or value.startswith("data:") or Path(value).is_absolute():
+        return value
+    return str(base / value)
+
+
+def _role(raw: Any) -> str:
+    if raw not in ROLE_ALIASES:
+        raise DataError(f"unknown role {raw!r} (expected one of {', '.join(sorted(ROLE_ALIASES))})")
+    return ROLE_ALIASES[raw]
+
+
+def _read_qwen_vl(record: dict[str, Any], base: Path) -> Conversation:
+    turns, n_images = [], 0
+    for msg in record["conversations"]:
+        text, segments, pos = msg["value"], [], 0
+        for m in _QWEN_VL_TOKENS.finditer(text):
+            if m.start() > pos:
+                segments.append(Segment("text", text[pos : m.start()]))
+            if m.group("img") is not None:
+                segments.append(Segment("image", _media(m.group("img"), base)))
+                n_images += 1
+            elif m.group("ref") is not None:
+                segments.append(Segment("ref", m.group("ref")))
+            else:
+                coords = [int(m.group(k)) for k in ("x1", "y1", "x2", "y2")]
+                # A box refers to the most recent image; Qwen-VL data writes it in [0, 1000).
+                segments.append(Segment("box", Box(*coords, image=max(n_images - 1, 0), normalized=True)))
+            pos = m.end()
+        if pos < len(text):
+            segments.append(Segment("text", text[pos:]))
+        turns.append(Turn(_role(msg["from"]), segments))
+    return Conversation(id="", turns=turns)
+
+
+def _read_llava(record: dict[str, Any], base: Path) -> Conversation:
+    images = record.get("image", [])
+    images = [images] if isinstance(images, str) else list(images)
+    videos = record.get("video", [])
+    videos = [videos] if isinstance(videos, str) else list(videos)
+    msgs = [{"role": _role(m["from"]), "content": m["value"]} for m in record["conversations"]]
+    return _placeholders(msgs, images, videos, None, base, llava=True)
+
+
+def _read_messages(record: dict[str, Any], base: Path) -> Conversation:
+    msgs = [{"role": _role(m["role"]), "content": m["content"]} for m in record["messages"]]
+    return _placeholders(
+        msgs, record.get("images", []), record.get("videos", []), record.get("objects"), base
+    )
+
+
+def _placeholders(msgs, images, videos, objects, base: Path, llava: bool = False) -> Conversation:
+    """Replace <image>/<video>/<ref-object>/<bbox> placeholders by the record's lists, in order."""
+    if isinstance(images, str):
+        images = [images]
+    refs = list((objects or {}).get("ref", []))
+    bboxes = list((objects or {}).get("bbox", []))
+    image_ids = list((objects or {}).get("image_id", []))
+    normalized = (objects or {}).get("bbox_type", "real") == "norm1000"
+    queues = {"<image>": list(images), "<video>": list(videos), "<ref-object>": refs, "<bbox>": bboxes}
+    counts = {k: 0 for k in queues}
+    turns = []
+    for msg in msgs:
+        if not isinstance(msg["content"], str):
+            raise DataError(
+                f"{msg['role']} content must be a string in this format, got {type(msg['content']).__name__}"
+            )
+        segments, pos, text = [], 0, msg["content"]
+        for m in _PLACEHOLDERS.finditer(text):
+            if m.start() > pos:
+                segments.append(Segment("text", text[pos : m.start()]))
+            pos = m.end()
+            tag = m.group(0)
+            i = counts[tag]
+            counts[tag] += 1
+            if i >= len(queues[tag]):
+                continue  # reported below with the totals
+            value = queues[tag][i]
+            if tag == "<image>":
+                segments.append(Segment("image", _media(value, base)))
+                if llava and text[pos : pos + 1] == "\n":
+                    pos += 1  # LLaVA writes "<image>\n": the newline belongs to the placeholder
+            elif tag == "<video>":
+                segments.append(Segment("video", _media(value, base)))
+            elif tag == "<ref-object>":
+                segments.append(Segment("ref", str(value)))
+            else:
+                if not (isinstance(value, list) and len(value) == 4):
+                    raise DataError(f"bbox {i} must be [x1, y1, x2, y2], got {value!r}")
+                img = int(image_ids[i]) if i < len(image_ids) else 0
+                segments.append(Segment("box", Box(*map(float, value), image=img, normalized=normalized)))
+        if pos < len(text):
+            segments.append(Segment("text", text[pos:]))
+        turns.append(Turn(msg["role"], segments))
+    for tag, queue in queues.items():
+        if counts[tag] != len(queue):
+            name = {
+                "<image>": "images",
+                "<video>": "videos",
+                "<ref-object>": "objects.ref",
+                "<bbox>": "objects.bbox",
+            }[tag]
+            raise DataError(f"{counts[tag]} {tag} placeholder(s) but {len(queue)} entries in '{name}'")
+    return Conversation(id="", turns=turns)
+
+
+def _read_openai(record: dict[str, Any], base: Path) -> Conversation:
+    turns = []
+    for msg in record["messages"]:
+        content = msg["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        segments = []
+        for part in content:
+            kind = part.get("type") or next((k for k in ("image", "video", "text") if k in part), None)
+            if kind == "text":
+                segments.append(Segment("text", part["text"]))
+            elif kind in ("image", "image_url"):
+                value = part.get("image") or part.get("image_url")
+                value = value.get("url") if isinstance(value, dict) else value
+                segments.append(Segment("image", _media(value, base)))
+            elif kind == "video":
+                segments.append(Segment("video", _media(part["video"], base)))
+            else:
+                raise DataError(
+                    f"unknown content part type {kind!r} (expected text, image, image_url or video)"
+                )
+        turns.append(Turn(_role(msg["role"]), segments))
+    return Conversation(id="", turns=turns)
+
+
+_READERS = {
+    "qwen_vl": _read_qwen_vl,
+    "llava": _read_llava,
+    "messages": _read_messages,
+    "openai": _read_openai,
+}
+
+
+class JsonlIndex:
+    """Random access to a JSONL file by line, reading one line at a time (multi-GB files stay on disk)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.offsets: list[int] = []
+        self.lines: list[int] = []
+        with open(self.path, "rb") as f:
+            offset = 0
+            for lineno, raw in enumerate(f, start=1):
+                if raw.strip():
+                    self.offsets.append(offset)
+                    self.lines.append(lineno)
+                offset += len(raw)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def record(self, i: int) -> tuple[Any, str]:
+        """(parsed record, 'file:line') of the i-th non-empty line."""
+        where = f"{self.path}:{self.lines[i]}"
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[i])
+            raw = f.readline()
+        try:
+            return json.loads(raw), where
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
+
+
+def read_file(path: str | Path, fmt: str = "auto", image_root: str | None = None) -> Iterator[Conversation]:
+    """Every conversation of a JSON or JSONL file, in order."""
+    path = Path(path)
+    base = Path(image_root) if image_root else path.parent
+    if path.suffix == ".jsonl":
+        index = JsonlIndex(path)
+        for i in range(len(index)):
+            record, where = index.record(i)
+            yield to_conversation(record, where, fmt, base)
+    elif path.suffix == ".json":
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path}: a JSON dataset must be a list of samples, got {type(records).__name__}")
+        for i, record in enumerate(records):
+            yield to_conversation(record, f"{path}[{i}]", fmt, base)
+    else:
+        raise DataError(f"{path}: unsupported data file type {path.suffix!r} (expected .json or .jsonl)")
