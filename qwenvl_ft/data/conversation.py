@@ -50,3 +50,5 @@ class Conversation:
     id: str
     """Where the sample came from (file:line or the dataset's id), used in every error message."""
     turns: list[Turn] = field(default_factory=list)
+    source_id: str | None = None
+    """The sample's own `id` field, when the dataset has one."""

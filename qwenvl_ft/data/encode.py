@@ -80,6 +80,8 @@ def render(
                     Piece(chat.image_pad, False, True, n, modality=1),
                     Piece(chat.image_close, False, True),
                 ]
+                if chat.image_suffix:
+                    pieces.append(Piece(chat.image_suffix, sup))
             elif seg.kind == "ref":
                 pieces.append(Piece(processor.family.format_ref(str(seg.value)), sup))
             elif seg.kind == "box":

@@ -77,10 +77,16 @@ def to_conversation(record: dict[str, Any], where: str, fmt: str, base: Path) ->
     except (KeyError, TypeError, IndexError, ValueError) as e:
         raise DataError(f"{sample_id}: malformed {fmt} sample ({type(e).__name__}: {e})") from None
     conv.id = sample_id
+    conv.source_id = str(record["id"]) if "id" in record else None
     return conv
 
 
-def _media(value: Any, base: Path) -> str:
+def _media(value: Any, base: Path) -> Any:
+    """A path resolved against `base`; URLs, data: URIs, PIL images and {"bytes", "path"} dicts as they are."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        return value  # a Hugging Face `Image` feature read without decoding
+    if hasattr(value, "size") and hasattr(value, "mode"):
+        return value  # an in-memory PIL image
     if not isinstance(value, str) or not value:
         raise DataError(f"image/video must be a non-empty path or URL, got {value!r}")
     if "://" in value or value.startswith("data:") or Path(value).is_absolute():

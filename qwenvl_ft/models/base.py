@@ -45,6 +45,8 @@ class ChatFormat:
     video_pad: str | None
     image_prefix: str = ""
     """Text before each image; `{n}` is the 1-based image number (first generation: 'Picture {n}: ')."""
+    image_suffix: str = ""
+    """Text after each image span (first generation: a newline after `</img>`)."""
     im_start: str = "<|im_start|>"
     im_end: str = "<|im_end|>"
 

@@ -59,10 +59,14 @@ class VLProcessor:
 
     @property
     def min_pixels(self) -> int:
+        if self.image_processor is None:  # token counting only (fixed-size generations, checks)
+            return self.family.vision.min_pixels
         return int(self.image_processor.size["shortest_edge"])
 
     @property
     def max_pixels(self) -> int:
+        if self.image_processor is None:
+            return self.family.vision.max_pixels
         return int(self.image_processor.size["longest_edge"])
 
     def set_pixel_range(self, min_pixels: int | None, max_pixels: int | None) -> None:
@@ -72,7 +76,10 @@ class VLProcessor:
         if max_pixels:
             size["longest_edge"] = max_pixels
         if size["shortest_edge"] > size["longest_edge"]:
-            raise ValueError(f"min_pixels {size['shortest_edge']} exceeds max_pixels {size['longest_edge']}")
+            raise ValueError(
+                f"min_pixels {size['shortest_edge']} exceeds max_pixels {size['longest_edge']} for "
+                f"{self.family.title}; raise max_pixels or lower min_pixels as well"
+            )
         self.image_processor.size = size
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:

