@@ -53,8 +53,10 @@ def make_data(root: Path, n: int, seed: int) -> Path:
         for t in range(rng.randint(1, 3)):
             question = " ".join(rng.choices(WORDS, k=rng.randint(4, 20)))
             answer = " ".join(rng.choices(WORDS, k=rng.randint(5, 120)))
-            messages += [{"role": "user", "content": ("<image>" if t == 0 else "") + question + "?"},
-                         {"role": "assistant", "content": answer + "."}]
+            messages += [
+                {"role": "user", "content": ("<image>" if t == 0 else "") + question + "?"},
+                {"role": "assistant", "content": answer + "."},
+            ]
         lines.append(json.dumps({"id": i, "messages": messages, "images": [f"{i}.png"]}))
     path = root / "bench.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -74,7 +76,9 @@ def baseline_encode(path: Path, proc: VLProcessor) -> float:
         messages = []
         for m in rec["messages"]:
             text = m["content"].replace("<image>", "")
-            content = ([{"type": "image"}] if "<image>" in m["content"] else []) + [{"type": "text", "text": text}]
+            content = ([{"type": "image"}] if "<image>" in m["content"] else []) + [
+                {"type": "text", "text": text}
+            ]
             messages.append({"role": m["role"], "content": content})
         text = tok.apply_chat_template(messages, tokenize=False, chat_template=proc.family.chat_template)
         pixels = ip(images=[image], return_tensors="pt")
@@ -92,7 +96,9 @@ def ours_encode(ds) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--family", default="qwen2_5_vl")
     parser.add_argument("--max-length", type=int, default=4096)
@@ -119,7 +125,9 @@ def main() -> None:
         order = list(range(len(ds)))
         random.Random(0).shuffle(order)
         batches = [collate([ds[i] for i in order[k : k + 8]]) for k in range(0, len(order) - 7, 8)]
-        ours_eff = sum(float(b["attention_mask"].sum()) for b in batches) / sum(b["input_ids"].numel() for b in batches)
+        ours_eff = sum(float(b["attention_mask"].sum()) for b in batches) / sum(
+            b["input_ids"].numel() for b in batches
+        )
         lengths = ds.lengths()
         max_len_eff = sum(lengths) / (len(lengths) * args.max_length)
 

@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from .. import __version__
-from . import config_cmd, data_cmd, make_tiny_cmd
+from . import config_cmd, data_cmd, make_tiny_cmd, train_cmd
 
-SUBCOMMANDS = (config_cmd, data_cmd, make_tiny_cmd)
+SUBCOMMANDS = (train_cmd, data_cmd, config_cmd, make_tiny_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

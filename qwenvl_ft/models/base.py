@@ -128,6 +128,23 @@ class ModelFamily:
         if not self.supported:
             raise NotImplementedError(f"{self.title}: {self.unsupported_reason}")
 
+    def vision_keepalive(self, model: torch.nn.Module) -> torch.Tensor:
+        """A zero that depends on every vision-tower and merger parameter, from a 2x2-patch dummy image.
+
+        Added to the loss of a batch without images, so every rank runs the vision tower every step:
+        under ZeRO-3 / FSDP a rank that skipped it would wait forever for the others' all-gathers.
+        """
+        import torch
+
+        vision = model.get_submodule(self.paths.vision)
+        c = vision.config
+        param = next(vision.parameters())
+        pixels = torch.zeros(
+            4, c.in_channels * c.temporal_patch_size * c.patch_size**2, dtype=param.dtype, device=param.device
+        )
+        out = vision(pixels, grid_thw=torch.tensor([[1, 2, 2]], device=param.device))
+        return 0.0 * sum(t.float().sum() for t in _tensors(out))
+
     # -- tiny models -----------------------------------------------------------------------
     def tiny_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
         """A scaled-down copy of the published config (hidden sizes multiples of 32)."""
@@ -225,3 +242,13 @@ def from_family_coords(
         return (x1 * w / 1000, y1 * h / 1000, x2 * w / 1000, y2 * h / 1000)
     rw, rh = resized
     return (x1 * w / rw, y1 * h / rh, x2 * w / rw, y2 * h / rh)
+
+
+def _tensors(out):
+    """Every floating-point tensor in a model output (dataclass, tuple or list, nested)."""
+    import torch
+
+    if torch.is_tensor(out):
+        return [out] if out.is_floating_point() else []
+    items = out.values() if hasattr(out, "values") else out if isinstance(out, (list, tuple)) else []
+    return [t for item in items for t in _tensors(item)]

@@ -1,0 +1,40 @@
+"""`qwenvl-ft train RECIPE [key=value ...]`: fine-tune as the recipe says.
+
+Runs the same under `torchrun --nproc_per_node N -m qwenvl_ft train RECIPE` (multi-GPU, and
+multi-node with --nnodes and the rendezvous flags). The data is checked before the model is
+loaded; the output directory ends up holding the adapter or weights, the tokenizer and
+processor, the resolved recipe, qwenvl_ft.json and loss.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from ..config import load_recipe
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune from a YAML recipe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny/qwen2_5_vl_lora.yaml")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=100"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import train
+
+    main_process = os.environ.get("RANK", "0") == "0"  # torchrun's rank: only rank 0 narrates
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.WARNING, format="[qwenvl-ft] %(message)s"
+    )
+    train(load_recipe(args.recipe, args.overrides))
+    return 0

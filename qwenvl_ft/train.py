@@ -1,0 +1,127 @@
+"""Fine-tuning: a resolved recipe in, a self-describing output directory out.
+
+    qwenvl-ft train recipes/tiny/qwen2_5_vl_lora.yaml train.max_steps=50
+    torchrun --nproc_per_node 8 -m qwenvl_ft train recipes/qwen2_5_vl/7b_lora.yaml
+
+`train(cfg)` reads top to bottom: check the data (before the model is loaded, so a data error
+costs seconds), build the model for the mode, run the Hugging Face Trainer, save.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from .config import RecipeConfig
+from .data.check import format_report
+from .data.collate import PaddingCollator
+from .data.dataset import build_dataset
+from .models import resolve_family
+from .training.modules import trainable_table
+from .training.outputs import DescribeCheckpoints, describe, plot_loss, prepare_output_dir, run_metadata
+from .training.setup import (
+    adapt,
+    check_compatible,
+    checkpoint_meta,
+    load_model,
+    resolve_is_base,
+    upcast_trainable,
+)
+from .training.trainer import VLTrainer
+
+log = logging.getLogger("qwenvl_ft")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model: torch.nn.Module
+    """The trained model as it is in memory (a PeftModel for LoRA / Q-LoRA)."""
+    log_history: list[dict]
+
+
+def train(cfg: RecipeConfig) -> TrainResult:
+    """Run the recipe: check data, build the model, train, save."""
+    family = resolve_family(cfg.model.path, cfg.model.family)
+    check_compatible(cfg, checkpoint_meta(cfg.model.path))
+    out, resume = prepare_output_dir(cfg)
+    processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
+
+    dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
+    log.info("data check:\n" + format_report(report, cfg.data.max_length, limit=10))
+
+    is_base = resolve_is_base(cfg)
+    model = adapt(load_model(cfg, family), cfg, family, is_base)
+    if cfg.model.dtype != "fp32" and not cfg.train.deepspeed:
+        upcast_trainable(model)  # DeepSpeed keeps its own fp32 master weights
+    log.info(
+        f"{family.title}, mode {cfg.train.mode}, trainable parameters:\n"
+        + trainable_table(model, family.paths)
+    )
+
+    meta = run_metadata(cfg, family.name, is_base)
+    trainer = VLTrainer(
+        model=model,
+        args=training_arguments(cfg, out),
+        train_dataset=dataset,
+        data_collator=PaddingCollator(processor.tokenizer.pad_token_id),
+        family=family,
+        vision_lr=cfg.train.vision_lr,
+        merger_lr=cfg.train.merger_lr,
+        callbacks=[DescribeCheckpoints(meta, cfg, processor)],
+    )
+    if resume:
+        log.info(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    trainer.save_model(str(out))  # the adapter (LoRA) or the full weights, gathered under ZeRO-3
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        describe(out, meta, cfg, processor)
+        curve = plot_loss(trainer.state.log_history, out / "loss.png")
+        log.info(f"done: outputs in {out.resolve()}" + (f", loss curve {curve}" if curve else ""))
+    return TrainResult(out, trainer.model, trainer.state.log_history)
+
+
+def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        bf16=cfg.model.dtype == "bf16",
+        fp16=cfg.model.dtype == "fp16",
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        deepspeed=t.deepspeed,
+        fsdp="full_shard auto_wrap" if t.fsdp else "",
+        report_to=list(t.report_to) or "none",
+        remove_unused_columns=False,  # the collator's keys are the model's inputs
+        dataloader_num_workers=cfg.data.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # lets bf16 autocast run on CPU (tests, quickstart)
+        optim="adamw_torch",
+    )
+
+
+def is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; a plain run is rank 0

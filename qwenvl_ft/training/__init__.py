@@ -1,0 +1,1 @@
+"""Training building blocks: model setup per mode, module parts, the Trainer subclass, outputs."""

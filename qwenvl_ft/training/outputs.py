@@ -1,0 +1,123 @@
+"""The run's output directory: it describes itself, resumes, and ends with a loss curve.
+
+Next to the final weights and every checkpoint: `qwenvl_ft.json` (base model path, family, mode,
+dtype, base-or-chat, versions), `resolved_config.yaml`, and the tokenizer / processor files, so a
+checkpoint loads, merges and resumes with no other flag.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from transformers import TrainerCallback
+
+from .. import __version__
+from ..config import ConfigError, RecipeConfig, dump_yaml
+from .setup import METADATA_FILE
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint (one whose trainer_state.json was written last)."""
+    found = [(int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name))]
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return path
+    return None
+
+
+def prepare_output_dir(cfg: RecipeConfig) -> tuple[Path, Path | None]:
+    """(output dir, checkpoint to resume from); refuses to write over an unrelated non-empty directory."""
+    out = Path(cfg.output.dir)
+    resume = cfg.train.resume
+    if resume == "auto":
+        ckpt = latest_checkpoint(out) if out.is_dir() else None
+        return out, ckpt
+    if resume:
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise ConfigError(
+                f"'train.resume': {resume} is not a complete checkpoint (no trainer_state.json)"
+            )
+        return out, Path(resume)
+    if out.is_dir() and any(out.iterdir()) and not cfg.output.overwrite:
+        raise ConfigError(
+            f"output directory {out} is not empty: set train.resume=auto to continue that run, "
+            "output.overwrite=true to write over it, or choose another output.dir"
+        )
+    return out, None
+
+
+def run_metadata(cfg: RecipeConfig, family_name: str, is_base: bool) -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "qwenvl_ft_version": __version__,
+        "family": family_name,
+        "base_model": str(Path(cfg.model.path).resolve()),
+        "mode": cfg.train.mode,
+        "is_base": is_base,
+        "dtype": cfg.model.dtype,
+        "quant_type": cfg.quant.quant_type if cfg.train.mode == "qlora" else None,
+        "versions": {
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "torch": torch.__version__,
+        },
+    }
+
+
+def describe(directory: Path, meta: dict, cfg: RecipeConfig, processor) -> None:
+    """Write metadata, the resolved config and the processor files into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / "resolved_config.yaml").write_text(dump_yaml(cfg))
+    processor.save_pretrained(directory)
+
+
+class DescribeCheckpoints(TrainerCallback):
+    """Every checkpoint describes itself like the final output does."""
+
+    def __init__(self, meta: dict, cfg: RecipeConfig, processor):
+        self.meta, self.cfg, self.processor = meta, cfg, processor
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            describe(
+                Path(args.output_dir) / f"checkpoint-{state.global_step}", self.meta, self.cfg, self.processor
+            )
+
+
+def plot_loss(history: list[dict], path: Path, size: tuple[int, int] = (640, 400)) -> Path | None:
+    """A PNG of training loss against step (PIL only, no plotting library)."""
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    if len(points) < 2:
+        return None
+    w, h = size
+    left, right, top, bottom = 60, 20, 30, 40
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    steps, losses = [p[0] for p in points], [p[1] for p in points]
+    lo, hi = min(losses), max(losses)
+    span_s, span_l = max(steps[-1] - steps[0], 1), max(hi - lo, 1e-9)
+
+    def xy(step: float, loss: float) -> tuple[float, float]:
+        return (
+            left + (step - steps[0]) / span_s * (w - left - right),
+            top + (hi - loss) / span_l * (h - top - bottom),
+        )
+
+    draw.rectangle([left, top, w - right, h - bottom], outline=(160, 160, 160))
+    draw.line([xy(s, v) for s, v in points], fill=(30, 90, 200), width=2)
+    draw.text((left, 8), f"training loss: {losses[0]:.3f} -> {losses[-1]:.3f}", fill="black")
+    draw.text((4, top), f"{hi:.2f}", fill="black")
+    draw.text((4, h - bottom - 10), f"{lo:.2f}", fill="black")
+    draw.text((left, h - bottom + 6), f"step {steps[0]}", fill="black")
+    draw.text((w - right - 60, h - bottom + 6), f"step {steps[-1]}", fill="black")
+    image.save(path)
+    return path

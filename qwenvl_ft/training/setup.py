@@ -1,0 +1,158 @@
+"""Loading the model for a training mode and making exactly the intended parameters trainable.
+
+- full:  every part trains except those the recipe freezes (vision tower by default; the merger
+         trains unless `train.freeze_merger`).
+- lora:  base frozen; LoRA on the family's language-model targets; embeddings and lm_head trained
+         in full through `modules_to_save` for base (non-chat) models, whose chat special tokens
+         were never learned; merger / vision trained in full too when the recipe unfreezes them.
+- qlora: lora on a base quantized to 4 bits on the fly (bitsandbytes), vision tower and lm_head kept
+         in full precision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, RecipeConfig
+from ..models.base import ModelFamily
+from .modules import parameter_bytes, set_trainable
+
+log = logging.getLogger("qwenvl_ft")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+METADATA_FILE = "qwenvl_ft.json"
+
+
+def checkpoint_meta(model_dir: str | Path) -> dict:
+    """What a checkpoint says about itself: our metadata file, and a quantization config if any."""
+    meta: dict = {}
+    path = Path(model_dir) / METADATA_FILE
+    if path.is_file():
+        meta.update(json.loads(path.read_text()))
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if "quantization_config" in config:
+        meta["quantized"] = config["quantization_config"].get("quant_method", "yes")
+    return meta
+
+
+def resolve_is_base(cfg: RecipeConfig) -> bool:
+    """Base or chat model: the recipe decides; else the checkpoint's metadata; else chat (logged)."""
+    if cfg.model.is_base is not None:
+        return cfg.model.is_base
+    meta = checkpoint_meta(cfg.model.path)
+    if "is_base" in meta:
+        return bool(meta["is_base"])
+    log.info(
+        "model.is_base is not set and the checkpoint does not say: treating it as a chat model "
+        "(set model.is_base: true for a base model, so LoRA also trains embeddings and lm_head)"
+    )
+    return False
+
+
+def check_compatible(cfg: RecipeConfig, meta: dict) -> None:
+    """Refuse, at start, combinations that cannot work."""
+    mode = cfg.train.mode
+    if meta.get("quantized"):
+        if mode == "full":
+            raise ConfigError(
+                f"{cfg.model.path} is quantized ({meta['quantized']}): full fine-tuning cannot update "
+                "quantized weights; use train.mode: lora"
+            )
+        if mode == "qlora":
+            raise ConfigError(
+                f"{cfg.model.path} is already quantized ({meta['quantized']}): use train.mode: lora, "
+                "which trains LoRA on the quantized checkpoint"
+            )
+    if mode == "qlora" and cfg.train.fsdp:
+        raise ConfigError("Q-LoRA under FSDP is not supported: use DeepSpeed ZeRO-2 or a single GPU")
+    if mode in ("lora", "qlora") and cfg.train.freeze_language:
+        raise ConfigError(
+            "LoRA trains the language model: 'train.freeze_language' only applies to train.mode: full"
+        )
+    if mode == "full" and cfg.train.freeze_language and cfg.train.freeze_vision and cfg.train.freeze_merger:
+        raise ConfigError("every part is frozen: nothing to train")
+    if cfg.model.dtype == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("fp16 training needs a GPU; on CPU use model.dtype: fp32 or bf16")
+
+
+def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
+    dtype = DTYPES[cfg.model.dtype]
+    kwargs: dict = {"attn_implementation": cfg.model.attn_implementation}
+    if cfg.train.mode == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.quant.quant_type,
+            bnb_4bit_use_double_quant=cfg.quant.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+            # Full module paths: a bare "visual" no longer matches in transformers 5 (shared NOTES).
+            llm_int8_skip_modules=[family.paths.vision, family.paths.lm_head],
+        )
+    return family.load_model(cfg.model.path, dtype=dtype, **kwargs)
+
+
+def modules_to_save(cfg: RecipeConfig, family: ModelFamily, is_base: bool) -> list[str]:
+    if cfg.lora.modules_to_save is not None:
+        return list(cfg.lora.modules_to_save)
+    names = [family.paths.embeddings, family.paths.lm_head] if is_base else []
+    if not cfg.train.freeze_vision:
+        names.append(family.paths.vision)  # includes the merger
+    elif cfg.train.freeze_merger is False:
+        names += list(family.paths.merger)
+    return names
+
+
+def adapt(model: torch.nn.Module, cfg: RecipeConfig, family: ModelFamily, is_base: bool) -> torch.nn.Module:
+    """Freeze, or wrap with LoRA, so that exactly the intended parameters train."""
+    t = cfg.train
+    if t.mode == "full":
+        parts = {"language", "embeddings", "lm_head", "other"} if not t.freeze_language else set()
+        if not t.freeze_vision:
+            parts.add("vision")
+        if not t.freeze_merger:  # None: the merger trains in full fine-tuning (as the official scripts do)
+            parts.add("merger")
+        set_trainable(model, family.paths, parts)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if t.mode == "qlora":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=t.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    targets = (
+        family.lora_target_regex
+        if cfg.lora.targets is None
+        else "|".join(f"(?:{r})" for r in cfg.lora.targets)
+    )
+    save = modules_to_save(cfg, family, is_base)
+    if save:
+        count, cost = parameter_bytes(model, save)
+        log.info(
+            f"modules_to_save {save}: {count / 1e6:.1f} M parameters trained in full, about "
+            f"{cost / 2**30:.2f} GiB more for their weights, gradients and AdamW states"
+        )
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=targets,
+        modules_to_save=save or None,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if t.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    return model
+
+
+def upcast_trainable(model: torch.nn.Module) -> None:
+    """Keep trainable parameters in fp32 (mixed precision computes in 16 bits; the update stays exact)."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
