@@ -54,6 +54,9 @@ def train(cfg: RecipeConfig) -> TrainResult:
     dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
     log.info("data check:\n" + format_report(report, cfg.data.max_length, limit=10))
 
+    # Before the model loads: with ZeRO-3 in the arguments, from_pretrained partitions while loading
+    # (zero.Init) instead of every rank holding the whole checkpoint.
+    args = training_arguments(cfg, out)
     is_base = resolve_is_base(cfg)
     model = adapt(load_model(cfg, family), cfg, family, is_base)
     if cfg.model.dtype != "fp32" and not cfg.train.deepspeed:
@@ -66,7 +69,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
     meta = run_metadata(cfg, family.name, is_base)
     trainer = VLTrainer(
         model=model,
-        args=training_arguments(cfg, out),
+        args=args,
         train_dataset=dataset,
         data_collator=PaddingCollator(processor.tokenizer.pad_token_id),
         family=family,

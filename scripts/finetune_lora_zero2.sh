@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# LoRA on several GPUs (or nodes) under DeepSpeed ZeRO-2.
+#
+# Usage: bash scripts/finetune_lora_zero2.sh [RECIPE] [key=value ...]
+#   RECIPE     a YAML recipe, relative to the repo root (default: recipes/qwen2_5_vl/7b_lora.yaml)
+#   key=value  recipe overrides, e.g. train.learning_rate=5e-5 output.dir=runs/my-run; they come last,
+#              so they win over this script's train.deepspeed
+# Models too big for ZeRO-2 (72B, 30B-A3B): add train.deepspeed=configs/deepspeed/zero3.json.
+# Environment (torchrun's rendezvous; defaults: this node only, every GPU it has):
+#   NPROC_PER_NODE  GPUs per node (default: the CUDA_VISIBLE_DEVICES entries, else the GPUs `nvidia-smi -L` lists)
+#   NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500)
+#   Several nodes: run the same command on each, e.g. NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 bash scripts/finetune_lora_zero2.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RECIPE=recipes/qwen2_5_vl/7b_lora.yaml
+if [[ $# -gt 0 && $1 != *=* ]]; then RECIPE=$1; shift; fi
+
+if [[ -z ${NPROC_PER_NODE:-} ]]; then
+  if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+    NPROC_PER_NODE=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c .)
+  else
+    NPROC_PER_NODE=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU') || true
+  fi
+fi
+if [[ ${NPROC_PER_NODE:-0} -lt 1 ]]; then
+  echo "finetune_lora_zero2.sh: no GPU found (nvidia-smi); set NPROC_PER_NODE" >&2
+  exit 1
+fi
+
+exec torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
+  --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
+  --nproc_per_node "$NPROC_PER_NODE" \
+  -m qwenvl_ft train "$RECIPE" train.deepspeed=configs/deepspeed/zero2.json "$@"
