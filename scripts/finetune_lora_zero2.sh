@@ -16,19 +16,5 @@ cd "$(dirname "$0")/.."
 RECIPE=recipes/qwen2_5_vl/7b_lora.yaml
 if [[ $# -gt 0 && $1 != *=* ]]; then RECIPE=$1; shift; fi
 
-if [[ -z ${NPROC_PER_NODE:-} ]]; then
-  if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
-    NPROC_PER_NODE=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c .)
-  else
-    NPROC_PER_NODE=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU') || true
-  fi
-fi
-if [[ ${NPROC_PER_NODE:-0} -lt 1 ]]; then
-  echo "finetune_lora_zero2.sh: no GPU found (nvidia-smi); set NPROC_PER_NODE" >&2
-  exit 1
-fi
-
-exec torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
-  --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
-  --nproc_per_node "$NPROC_PER_NODE" \
-  -m qwenvl_ft train "$RECIPE" train.deepspeed=configs/deepspeed/zero2.json "$@"
+source scripts/_torchrun.sh
+torchrun_train "$RECIPE" train.deepspeed=configs/deepspeed/zero2.json "$@"

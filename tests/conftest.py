@@ -63,3 +63,33 @@ def real_tokenizer():
         return cache[name]
 
     return get
+
+
+@pytest.fixture
+def launch_train():
+    """launch_train(nproc, *args): `qwenvl_ft train *args` under torchrun on a free port; fails with its stderr."""
+    import socket
+    import subprocess
+    import sys
+
+    def run(nproc: int, *args: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(port),
+            "-m",
+            "qwenvl_ft",
+            "train",
+            *args,
+        ]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+    return run

@@ -9,9 +9,6 @@ weights that load on their own.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,21 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data/demo/demo.jsonl"
 
 
-def torchrun(model_dir: Path, out: Path, *overrides: str) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        "-m",
-        "qwenvl_ft",
-        "train",
+def torchrun(launch_train, model_dir: Path, out: Path, *overrides: str) -> dict:
+    launch_train(
+        2,
         str(REPO / "recipes/tiny/qwen2_5_vl_lora.yaml"),
         f"model.path={model_dir}",
         f"output.dir={out}",
@@ -46,16 +31,17 @@ def torchrun(model_dir: Path, out: Path, *overrides: str) -> dict:
         "train.max_steps=3",
         "train.save_steps=1000",
         *overrides,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    )
     return json.loads((out / "trainer_state.json").read_text())
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_lora_under_deepspeed_saves_a_full_adapter(tiny_model, tmp_path, stage):
+def test_lora_under_deepspeed_saves_a_full_adapter(launch_train, tiny_model, tmp_path, stage):
     state = torchrun(
-        tiny_model("qwen2_5_vl"), tmp_path / "out", f"train.deepspeed=configs/deepspeed/{stage}.json"
+        launch_train,
+        tiny_model("qwen2_5_vl"),
+        tmp_path / "out",
+        f"train.deepspeed=configs/deepspeed/{stage}.json",
     )
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
@@ -65,11 +51,12 @@ def test_lora_under_deepspeed_saves_a_full_adapter(tiny_model, tmp_path, stage):
     assert json.loads((tmp_path / "out/qwenvl_ft.json").read_text())["mode"] == "lora"
 
 
-def test_full_fine_tuning_under_zero3_writes_consolidated_weights(tiny_model, tmp_path):
+def test_full_fine_tuning_under_zero3_writes_consolidated_weights(launch_train, tiny_model, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     model_dir = tiny_model("qwen2_5_vl")
     torchrun(
+        launch_train,
         model_dir,
         tmp_path / "out",
         "train.mode=full",

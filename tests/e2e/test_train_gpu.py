@@ -8,9 +8,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,31 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data/demo/demo.jsonl"
 
 
-def launch(nproc: int, *args: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--master_port",
-        str(port),
-        "-m",
-        "qwenvl_ft",
-        "train",
-        *args,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-
-
-def test_fsdp_full_fine_tuning(tiny_model, tmp_path):
+def test_fsdp_full_fine_tuning(launch_train, tiny_model, tmp_path):
     import torch
 
-    launch(
+    launch_train(
         torch.cuda.device_count(),
         str(REPO / "recipes/tiny/qwen2_5_vl_lora.yaml"),
         f"model.path={tiny_model('qwen2_5_vl')}",
@@ -62,7 +38,7 @@ def test_fsdp_full_fine_tuning(tiny_model, tmp_path):
     )
 
 
-def test_zero3_lora_on_the_published_3b_architecture(tmp_path):
+def test_zero3_lora_on_the_published_3b_architecture(launch_train, tmp_path):
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -107,7 +83,7 @@ def test_zero3_lora_on_the_published_3b_architecture(tmp_path):
     model_dir = tmp_path / "qwen2_5_vl_3b_random"
     Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16).save_pretrained(model_dir)
     VLProcessor.for_family(family, tok).save_pretrained(model_dir)
-    launch(
+    launch_train(
         torch.cuda.device_count(),
         str(REPO / "recipes/qwen2_5_vl/3b_lora.yaml"),
         f"model.path={model_dir}",

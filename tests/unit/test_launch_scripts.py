@@ -23,6 +23,16 @@ RECIPES = sorted(
 )
 
 
+HELPER = REPO / "scripts/_torchrun.sh"
+LAUNCH = re.compile(r"-m qwenvl_ft train|torchrun_train ")
+
+
+def full_text(script: Path) -> str:
+    """The script with the shared torchrun helper it sources (scripts/_torchrun.sh)."""
+    text = script.read_text()
+    return text + "\n" + HELPER.read_text() if "source scripts/_torchrun.sh" in text else text
+
+
 def code_lines(text: str) -> list[str]:
     """The script's lines that are not comments."""
     return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
@@ -57,7 +67,7 @@ def test_script_parses(script):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_script_shape(script):
-    text = script.read_text()
+    text = full_text(script)
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in text
     assert f"bash scripts/{script.name} [RECIPE] [key=value ...]" in text
@@ -79,7 +89,7 @@ def test_script_default_recipe_loads_with_the_scripts_overrides(script, monkeypa
     defaults = [m.group(1) for line in code if (m := re.match(r"RECIPE=(\S+)$", line.strip()))]
     assert len(defaults) == 1, f"{script.name}: expected one `RECIPE=<default>` line"
     assert (REPO / defaults[0]).is_file(), f"{script.name}: default recipe {defaults[0]} is missing"
-    launch = [line for line in code if "-m qwenvl_ft train" in line]
+    launch = [line for line in code if LAUNCH.search(line)]
     assert len(launch) == 1, f"{script.name}: expected exactly one launch line"
     overrides = [tok for tok in shlex.split(launch[0]) if re.match(r"^[a-z_]+\.[a-z_]+=", tok)]
     cfg = load_recipe(defaults[0], overrides)
