@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from .. import __version__
-from . import config_cmd, data_cmd, make_tiny_cmd, train_cmd
+from . import config_cmd, data_cmd, make_tiny_cmd, merge_cmd, train_cmd
 
-SUBCOMMANDS = (train_cmd, data_cmd, config_cmd, make_tiny_cmd)
+SUBCOMMANDS = (train_cmd, merge_cmd, data_cmd, config_cmd, make_tiny_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, OSError) as e:
         # User-facing errors: one clear line, no traceback.
         print(f"qwenvl-ft {args.command}: error: {e}", file=sys.stderr)
         return 2

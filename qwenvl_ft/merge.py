@@ -1,0 +1,256 @@
+"""Export standalone weights from a run: LoRA / Q-LoRA adapters merged into the base, or full
+fine-tuning weights (including DeepSpeed ZeRO shards), as a checkpoint of the model's generation.
+
+    qwenvl-ft merge runs/qwen2_5_vl-7b-lora            # -> runs/qwen2_5_vl-7b-lora-merged
+
+The run's `qwenvl_ft.json` names the base model, family and mode, so nothing else is needed.
+Q-LoRA adapters merge into the base loaded in full precision, never into 4-bit weights. The
+output is written to a staging directory and renamed at the end, so an interrupted merge leaves
+nothing half-written; verification compares the logits of the adapter model and the merged model
+on samples with images before anything is renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .models import get_family
+from .models.base import ModelFamily
+from .training.setup import DTYPES, METADATA_FILE
+
+# Unit roundoff per dtype; verification allows VERIFY_FACTOR of them relative to the logit scale.
+ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+VERIFY_FACTOR = 64
+
+
+class MergeError(ValueError):
+    """A merge that cannot go ahead; the message says what to do."""
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    kind: str
+    """'lora' (adapter merged), 'full' (weights re-exported) or 'zero' (rebuilt from ZeRO shards)."""
+    max_logit_diff: float | None
+    tolerance: float | None
+
+
+def read_run(run_dir: Path) -> dict:
+    meta_file = run_dir / METADATA_FILE
+    if not meta_file.is_file():
+        raise MergeError(
+            f"{run_dir} has no {METADATA_FILE}: it is not a qwenvl-ft run or checkpoint directory"
+        )
+    return json.loads(meta_file.read_text())
+
+
+def source_kind(run_dir: Path) -> str:
+    """What the directory holds: an adapter, full weights, or only DeepSpeed ZeRO shards."""
+    if (run_dir / "adapter_config.json").is_file():
+        return "lora"
+    if list(run_dir.glob("model*.safetensors")) or list(run_dir.glob("pytorch_model*.bin")):
+        return "full"
+    if list(run_dir.glob("global_step*")):
+        return "zero"
+    raise MergeError(f"{run_dir} holds no adapter, no weights and no DeepSpeed checkpoint")
+
+
+def merge(
+    run_dir: str | Path,
+    output: str | Path | None = None,
+    dtype: str = "bf16",
+    base: str | Path | None = None,
+    max_shard_size: str = "2GB",
+    force: bool = False,
+    verify: bool = True,
+    progress: bool = True,
+) -> MergeResult:
+    """Write standalone weights of `run_dir` to `output` (default: RUN_DIR-merged)."""
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    meta = read_run(run_dir)
+    family = get_family(meta["family"])
+    base_path = Path(base or meta["base_model"])
+    if not (base_path / "config.json").is_file():
+        raise MergeError(f"base model {base_path} not found (was the run moved?): pass --base DIR")
+    out = Path(output) if output else run_dir.parent / f"{run_dir.name}-merged"
+    if out.exists() and any(out.iterdir()) and not force:
+        raise MergeError(f"{out} is not empty: pass --force to replace it")
+    kind = source_kind(run_dir)
+    check_disk(base_path, out, dtype)
+    torch_dtype = DTYPES[dtype]
+
+    steps = tqdm(total=4, desc="merge", disable=not progress, bar_format="{desc}: {n}/{total} {postfix}")
+    steps.set_postfix_str("loading")
+    model = load_source(kind, run_dir, base_path, family, torch_dtype)
+    steps.update()
+    samples = verification_inputs(family, run_dir) if verify and kind == "lora" else []
+    before = [logits(model, s, torch_dtype) for s in samples]
+    steps.set_postfix_str("merging")
+    if kind == "lora":
+        model = model.merge_and_unload()
+    steps.update()
+    diff = tol = None
+    if before:
+        steps.set_postfix_str("verifying")
+        after = [logits(model, s, torch_dtype) for s in samples]
+        diff = max(float((a - b).abs().max()) for a, b in zip(before, after, strict=True))
+        scale = max(1.0, max(float(a.abs().max()) for a in before))
+        tol = VERIFY_FACTOR * ROUNDOFF[torch_dtype] * scale
+        if diff > tol:
+            raise MergeError(
+                f"verification failed: merged logits differ from the adapter model's by {diff:.3g} "
+                f"(tolerance {tol:.3g} for {dtype}); nothing was written"
+            )
+    steps.update()
+    steps.set_postfix_str("writing")
+    write_output(model, out, run_dir, family, meta, base_path, dtype, max_shard_size, kind)
+    steps.update()
+    steps.close()
+    return MergeResult(out, kind, diff, tol)
+
+
+def load_source(kind: str, run_dir: Path, base_path: Path, family: ModelFamily, dtype: torch.dtype):
+    """The model to export (a PeftModel for adapters), loaded in full precision (never 4-bit)."""
+    if kind == "lora":
+        from peft import PeftModel
+
+        base_model = family.load_model(str(base_path), dtype=dtype)
+        # The adapter's recorded base path is ignored: the base is the one loaded here.
+        return PeftModel.from_pretrained(base_model, str(run_dir), torch_device="cpu").eval()
+    if kind == "full":
+        return family.load_model(str(run_dir), dtype=dtype).eval()
+    return model_from_zero(run_dir, base_path, family, dtype)
+
+
+def model_from_zero(run_dir: Path, base_path: Path, family: ModelFamily, dtype: torch.dtype):
+    """Full weights rebuilt from DeepSpeed ZeRO shards (what zero_to_fp32 does), on the base's architecture."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(run_dir))
+    if any(".lora_" in k for k in state):
+        raise MergeError(
+            f"{run_dir} holds LoRA ZeRO shards but no adapter files; re-save the adapter from the run"
+        )
+    model = family.load_model(str(base_path), dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied weights may be stored once; anything else missing means the shards are not this model's.
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    missing = [k for k in missing if k not in tied]
+    if unexpected or missing:
+        raise MergeError(
+            f"ZeRO shards do not match {base_path}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model.to(dtype).eval()
+
+
+def verification_inputs(family: ModelFamily, run_dir: Path) -> list[dict]:
+    """Two conversations with synthetic images of different sizes, encoded by the run's own processor."""
+    from .data.conversation import Conversation, Segment, Turn
+    from .data.encode import encode
+    from .data.synthetic import shapes_image
+
+    processor = family.load_processor(str(run_dir))
+    processor.set_pixel_range(
+        None, max(processor.min_pixels, 200_000)
+    )  # keep verification quick on big models
+    samples = []
+    for seed, size in ((1, (160, 120)), (2, (96, 200))):
+        image = shapes_image(seed, size)
+        conv = Conversation(
+            "verify",
+            [
+                Turn("user", [Segment("image", image), Segment("text", "Describe the picture.")]),
+                Turn("assistant", [Segment("text", "Two shapes on a plain background.")]),
+            ],
+        )
+        enc = encode(conv, processor, [image])
+        samples.append(
+            {
+                "input_ids": torch.tensor([enc.input_ids]),
+                "mm_token_type_ids": torch.tensor([enc.mm_token_type_ids]),
+                "pixel_values": enc.pixel_values,
+                "image_grid_thw": enc.image_grid_thw,
+            }
+        )
+    return samples
+
+
+@torch.no_grad()
+def logits(model, inputs: dict, dtype: torch.dtype) -> torch.Tensor:
+    inputs = {k: v.to(dtype) if k == "pixel_values" else v for k, v in inputs.items()}
+    return model(**inputs).logits.float()
+
+
+def write_output(
+    model,
+    out: Path,
+    run_dir: Path,
+    family: ModelFamily,
+    meta: dict,
+    base_path: Path,
+    dtype: str,
+    max_shard_size: str,
+    kind: str,
+) -> None:
+    """Everything into a staging directory, then one rename: never a half-written output."""
+    from transformers import GenerationConfig
+
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        family.load_processor(
+            str(run_dir if (run_dir / "tokenizer_config.json").is_file() else base_path)
+        ).save_pretrained(staging)
+        if (base_path / "generation_config.json").is_file():
+            GenerationConfig.from_pretrained(base_path).save_pretrained(staging)
+        (staging / METADATA_FILE).write_text(
+            json.dumps(
+                {
+                    "qwenvl_ft_version": __version__,
+                    "family": family.name,
+                    "kind": "merged",
+                    "merged_from": str(run_dir.resolve()),
+                    "base_model": str(base_path.resolve()),
+                    "source": kind,
+                    "mode": meta.get("mode"),
+                    "is_base": meta.get("is_base", False),
+                    "dtype": dtype,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_disk(base_path: Path, out: Path, dtype: str) -> None:
+    """Refuse to start when the output's filesystem cannot hold the merged weights."""
+    from safetensors import safe_open
+
+    params = 0
+    for f in base_path.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            params += sum(int(torch.Size(st.get_slice(k).get_shape()).numel()) for k in st.keys())
+    need = params * DTYPES[dtype].itemsize * 1.05 + 64 * 2**20  # shards + tokenizer and configs
+    parent = out.parent if out.parent.exists() else Path(".")
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise MergeError(
+            f"not enough disk space in {parent}: the merged model needs about "
+            f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free"
+        )

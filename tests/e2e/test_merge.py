@@ -1,0 +1,219 @@
+"""Merging: for every family and LoRA / LoRA + modules_to_save / Q-LoRA, the merged checkpoint gives
+the adapter model's logits, and reloads in a fresh process with transformers alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwenvl_ft.cli import main
+from qwenvl_ft.config import load_recipe
+from qwenvl_ft.merge import MergeError, logits, merge, verification_inputs
+from qwenvl_ft.models import get_family
+from qwenvl_ft.train import train
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "data/demo/demo.jsonl"
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+VARIANTS = {
+    "lora": ["train.mode=lora"],
+    "lora_modules_to_save": ["train.mode=lora", "model.is_base=true"],
+    "qlora": ["train.mode=qlora", "model.dtype=bf16"],
+}
+
+
+def lora_run(model_dir: Path, out: Path, family: str, variant: str) -> Path:
+    cfg = load_recipe(
+        REPO / f"recipes/tiny/{family}_lora.yaml",
+        [
+            f"model.path={model_dir}",
+            f"output.dir={out}",
+            f"data.train=[{{path: {DEMO}}}]",
+            "data.num_workers=0",
+            "train.max_steps=4",
+            "train.save_steps=1000",
+            "train.learning_rate=5e-2",
+            "train.warmup_ratio=0",
+            *VARIANTS[variant],
+        ],
+    )
+    train(cfg)
+    return out
+
+
+# Runs in a fresh interpreter: transformers alone must load the merged directory.
+RELOAD = textwrap.dedent("""
+    import json, sys, torch, transformers
+    out = sys.argv[1]
+    arch = json.load(open(out + "/config.json"))["architectures"][0]
+    model = getattr(transformers, arch).from_pretrained(out, dtype=torch.float32).eval()
+    transformers.AutoTokenizer.from_pretrained(out)
+    transformers.Qwen2VLImageProcessorPil.from_pretrained(out)
+    inputs = torch.load(sys.argv[2])
+    with torch.no_grad():
+        torch.save([model(**x).logits for x in inputs], sys.argv[3])
+    assert not any(m.startswith("qwenvl_ft") for m in sys.modules), "loaded qwenvl_ft"
+""")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_merged_checkpoint_matches_the_adapter_and_loads_with_transformers_alone(
+    tiny_model, tmp_path, family, variant
+):
+    from peft import PeftModel
+
+    fam = get_family(family)
+    model_dir = tiny_model(family)
+    run_dir = lora_run(model_dir, tmp_path / "run", family, variant)
+    result = merge(run_dir, tmp_path / "merged", dtype="fp32", progress=False)
+    assert result.kind == "lora" and result.max_logit_diff <= result.tolerance < 1e-4
+
+    # Independent of merge(): the adapter on a full-precision base, through plain PEFT.
+    adapter = PeftModel.from_pretrained(
+        fam.load_model(str(model_dir), dtype=torch.float32), str(run_dir)
+    ).eval()
+    inputs = verification_inputs(fam, run_dir)
+    expected = [logits(adapter, x, torch.float32) for x in inputs]
+    torch.save(inputs, tmp_path / "inputs.pt")
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RELOAD,
+            str(tmp_path / "merged"),
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "logits.pt"),
+        ],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    got = torch.load(tmp_path / "logits.pt")
+    for e, g in zip(expected, got, strict=True):
+        assert (e - g).abs().max() < 1e-4
+    # The check has power: the adapter moves logits far more than the tolerance.
+    base = fam.load_model(str(model_dir), dtype=torch.float32).eval()
+    assert (logits(base, inputs[0], torch.float32) - expected[0]).abs().max() > 100 * result.tolerance
+    meta = json.loads((tmp_path / "merged/qwenvl_ft.json").read_text())
+    assert (
+        meta["kind"] == "merged"
+        and meta["family"] == family
+        and meta["is_base"] == (variant == "lora_modules_to_save")
+    )
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "chat_template.jinja",
+    ):
+        assert (tmp_path / "merged" / name).is_file(), name
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_model, tmp_path_factory):
+    return lora_run(tiny_model("qwen2_5_vl"), tmp_path_factory.mktemp("run") / "run", "qwen2_5_vl", "lora")
+
+
+def test_output_refusal_force_and_same_result_twice(small_run, tmp_path, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["merge", str(small_run), "--output", str(out)]) == 2
+    assert f"{out} is not empty: pass --force to replace it" in capsys.readouterr().err
+    assert (out / "keep.txt").is_file()
+    assert main(["merge", str(small_run), "--output", str(out), "--force", "--max-shard-size", "20MB"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "verified: largest logit difference adapter vs merged" in printed and f"-> {out.resolve()}" in printed
+    )
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert (
+        len(shards) > 1
+        and (out / "model.safetensors.index.json").is_file()
+        and not (out / "keep.txt").exists()
+    )
+    first = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards}
+    assert main(["merge", str(small_run), "--output", str(out), "--force", "--max-shard-size", "20MB"]) == 0
+    assert first == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("model-*.safetensors"))
+    }
+
+
+def test_interrupted_merge_leaves_nothing(small_run, tmp_path, monkeypatch):
+    import transformers
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted while writing shards")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        merge(small_run, tmp_path / "m", progress=False)
+    assert list(tmp_path.iterdir()) == []  # no output, no staging directory
+
+
+def test_moved_run_needs_and_accepts_base(small_run, tiny_model, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(small_run, moved)
+    meta = json.loads((moved / "qwenvl_ft.json").read_text())
+    meta["base_model"] = "/nowhere/Qwen2.5-VL-7B-Instruct"
+    (moved / "qwenvl_ft.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        MergeError, match=r"base model /nowhere/Qwen2.5-VL-7B-Instruct not found .*pass --base DIR"
+    ):
+        merge(moved, tmp_path / "m", progress=False)
+    assert merge(moved, tmp_path / "m", base=tiny_model("qwen2_5_vl"), progress=False).output.is_dir()
+
+
+def test_adapter_loads_with_plain_peft(small_run, tiny_model):
+    from peft import PeftModel
+
+    base = get_family("qwen2_5_vl").load_model(str(tiny_model("qwen2_5_vl")))
+    model = PeftModel.from_pretrained(base, str(small_run))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_not_a_run(tmp_path):
+    with pytest.raises(
+        MergeError, match=r"has no qwenvl_ft.json: it is not a qwenvl-ft run or checkpoint directory"
+    ):
+        merge(tmp_path, progress=False)
+
+
+def test_zero3_checkpoint_without_consolidated_weights_converts(launch_train, tiny_model, tmp_path):
+    pytest.importorskip("deepspeed")
+    model_dir = tiny_model("qwen2_5_vl")
+    launch_train(
+        2,
+        str(REPO / "recipes/tiny/qwen2_5_vl_lora.yaml"),
+        f"model.path={model_dir}",
+        f"output.dir={tmp_path}/run",
+        f"data.train=[{{path: {DEMO}}}]",
+        "data.num_workers=0",
+        "train.mode=full",
+        "train.max_steps=2",
+        "train.save_steps=2",
+        "train.learning_rate=1e-3",
+        "train.deepspeed=configs/deepspeed/zero3.json",
+    )
+    ckpt = tmp_path / "run/checkpoint-2"
+    fam = get_family("qwen2_5_vl")
+    consolidated = {
+        n: p.detach() for n, p in fam.load_model(str(ckpt), dtype=torch.float32).named_parameters()
+    }
+    for f in ckpt.glob("model*.safetensors"):  # as if stage3_gather_16bit_weights_on_model_save were off
+        f.unlink()
+    result = merge(ckpt, tmp_path / "standalone", dtype="fp32", progress=False)
+    assert result.kind == "zero"
+    rebuilt = dict(fam.model_class().from_pretrained(tmp_path / "standalone").named_parameters())
+    assert rebuilt.keys() == consolidated.keys()
+    assert all(torch.equal(rebuilt[k], consolidated[k]) for k in rebuilt)
