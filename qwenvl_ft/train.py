@@ -52,6 +52,12 @@ def train(cfg: RecipeConfig) -> TrainResult:
     processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
 
     dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
+    eval_set = None
+    if cfg.data.eval:  # checked the same way: an eval error must not surface at the first evaluation
+        eval_set, eval_report = build_dataset(
+            cfg.data, processor, cfg.train.seed, progress=False, split="eval"
+        )
+        log.info("eval data check:\n" + format_report(eval_report, cfg.data.max_length, limit=10))
     log.info("data check:\n" + format_report(report, cfg.data.max_length, limit=10))
 
     # Before the model loads: with ZeRO-3 in the arguments, from_pretrained partitions while loading
@@ -71,6 +77,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_set,
         data_collator=PaddingCollator(processor.tokenizer.pad_token_id),
         family=family,
         vision_lr=cfg.train.vision_lr,
@@ -92,6 +99,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
 
 def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
     t = cfg.train
+    evaluate = bool(cfg.data.eval)
     return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=t.per_device_batch_size,
@@ -110,6 +118,9 @@ def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_steps=t.save_steps,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=(t.eval_steps or t.save_steps) if evaluate else None,
+        per_device_eval_batch_size=t.per_device_batch_size,
         save_total_limit=t.save_total_limit,
         seed=t.seed,
         data_seed=t.seed,

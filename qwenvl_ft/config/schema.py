@@ -156,6 +156,8 @@ class TrainConfig:
     fsdp: bool = False
     logging_steps: int = 10
     save_steps: int = 500
+    eval_steps: int | None = None
+    """Evaluate the loss on `data.eval` every this many steps; None: at every save."""
     save_total_limit: int | None = 3
     resume: str | None = None
     """'auto' resumes from the latest complete checkpoint in output.dir; or a checkpoint path."""

@@ -67,9 +67,10 @@ def build_dataset(
     seed: int,
     cache_dir: Path | None = CACHE_DIR,
     progress: bool = True,
+    split: str = "train",
 ) -> tuple[SFTDataset, CheckReport]:
-    """Check every training sample, then the dataset of usable samples in mixed order."""
-    sources = [Source(spec) for spec in data.train]
+    """Check every sample of `data.train` (or `data.eval`), then the dataset of usable samples in mixed order."""
+    sources = [Source(spec) for spec in getattr(data, split)]
     report = check_sources(
         sources,
         processor,
@@ -82,11 +83,11 @@ def build_dataset(
     )
     if not report.ok:
         raise DataError(
-            f"the data check found {len(report.errors)} error(s); fix them before training "
+            f"the data check of data.{split} found {len(report.errors)} error(s); fix them before training "
             f"(qwenvl-ft data check lists them all):\n" + format_report(report, data.max_length, limit=20)
         )
     if not report.plan:
-        raise DataError("no usable training sample: " + format_report(report, data.max_length))
+        raise DataError(f"no usable sample in data.{split}: " + format_report(report, data.max_length))
     planned = {(p.source, p.index): p for p in report.plan}
     items = [planned[key] for key in mix(sources, seed) if key in planned]
     return SFTDataset(sources, items, processor, data.supervise, data.allow_urls), report

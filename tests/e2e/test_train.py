@@ -250,3 +250,25 @@ def test_tensorboard_receives_the_training_metrics(tiny_model, tmp_path):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/tokens_per_s", "train/peak_mem_gb", "train/learning_rate"} <= tags
+
+
+def test_eval_set_is_checked_and_its_loss_logged(tiny_model, tmp_path):
+    result = run(
+        tiny_model("qwen2_5_vl"),
+        tmp_path / "out",
+        "qwen2_5_vl",
+        "lora",
+        f"data.eval=[{{path: {DEMO}}}]",
+        "train.eval_steps=4",
+        "train.max_steps=8",
+    )
+    evals = [h for h in result.log_history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [4, 8] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
+
+
+def test_eval_set_with_errors_refuses_to_start(tiny_model, tmp_path):
+    from qwenvl_ft.data.readers import DataError
+
+    bad = REPO / "tests/data/bad_samples/samples.jsonl"
+    with pytest.raises(DataError, match=r"the data check of data.eval found \d+ error"):
+        run(tiny_model("qwen2_5_vl"), tmp_path / "out", "qwen2_5_vl", "lora", f"data.eval=[{{path: {bad}}}]")

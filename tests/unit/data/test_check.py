@@ -108,7 +108,9 @@ def test_check_is_cached_by_file_fingerprint(tmp_path, proc):
 
 def test_training_refuses_data_with_errors(proc):
     data = DataConfig(train=[DatasetSpec(path=str(BAD))], max_length=200)
-    with pytest.raises(DataError, match=r"the data check found 12 error\(s\); fix them before training"):
+    with pytest.raises(
+        DataError, match=r"the data check of data.train found 12 error\(s\); fix them before training"
+    ):
         build_dataset(data, proc, seed=0, cache_dir=None, progress=False)
 
 
