@@ -159,9 +159,8 @@ def verification_inputs(family: ModelFamily, run_dir: Path) -> list[dict]:
     from .data.synthetic import shapes_image
 
     processor = family.load_processor(str(run_dir))
-    processor.set_pixel_range(
-        None, max(processor.min_pixels, 200_000)
-    )  # keep verification quick on big models
+    if not family.vision.fixed_size:  # keep verification quick on big models
+        processor.set_pixel_range(None, max(processor.min_pixels, 200_000))
     samples = []
     for seed, size in ((1, (160, 120)), (2, (96, 200))):
         image = shapes_image(seed, size)

@@ -52,7 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--min-pixels", type=int, help="override the processor's min_pixels")
     c.add_argument("--max-pixels", type=int, help="override the processor's max_pixels")
-    c.add_argument("--supervise", choices=["all_assistant", "last_assistant"], default="all_assistant")
+    c.add_argument(
+        "--supervise",
+        choices=["all_assistant", "last_assistant", "original_qwen_vl"],
+        default="all_assistant",
+    )
     c.add_argument("--allow-urls", action="store_true", help="fetch http(s) images named in the data")
     c.add_argument(
         "--no-decode", action="store_true", help="read image headers only (faster; misses corrupt pixel data)"

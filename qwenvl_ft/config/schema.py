@@ -87,7 +87,9 @@ class DataConfig:
     """Longest sample in tokens, visual tokens included."""
     overlength: Literal["drop", "truncate"] = "drop"
     """What to do with longer samples: drop them (reported), or cut text never inside an image span."""
-    supervise: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    supervise: Literal["all_assistant", "last_assistant", "original_qwen_vl"] = "all_assistant"
+    """Which tokens train: every answer; the last answer; or the original Qwen-VL finetune.py mask, which
+    also supervises every <|im_start|> and each turn's closing <|im_end|> and newline."""
     allow_urls: bool = False
     """Fetch http(s) images named in the data; off so a run never depends on the network by surprise."""
     num_workers: int = 2

@@ -38,7 +38,8 @@ class PaddingCollator:
         with_images = [s for s in samples if s.pixel_values is not None]
         if with_images:
             batch["pixel_values"] = torch.cat([s.pixel_values for s in with_images])
-            batch["image_grid_thw"] = torch.cat([s.image_grid_thw for s in with_images])
+            if with_images[0].image_grid_thw is not None:  # dynamic-resolution generations
+                batch["image_grid_thw"] = torch.cat([s.image_grid_thw for s in with_images])
         return batch
 
 

@@ -4,7 +4,9 @@ The rendering follows the family's `ChatFormat` (ChatML for every generation). T
 special tokens is tokenized as one run, with offsets, so the ids are exactly those of tokenizing
 the whole rendered string, and each token's label is decided by the character it starts at.
 By default every assistant turn's content and its closing `<|im_end|>` are supervised; the
-role header, the newline after `<|im_end|>`, system and user turns are -100.
+role header, the newline after `<|im_end|>`, system and user turns are -100. `original_qwen_vl`
+reproduces the original Qwen-VL finetune.py: it also supervises every `<|im_start|>` and every
+turn's closing `<|im_end|>` and newline, system and user turns included.
 """
 
 from __future__ import annotations
@@ -48,24 +50,25 @@ def render(
     conv: Conversation,
     processor: VLProcessor,
     images: list[Image.Image],
-    supervise: Literal["all_assistant", "last_assistant"] = "all_assistant",
+    supervise: Literal["all_assistant", "last_assistant", "original_qwen_vl"] = "all_assistant",
 ) -> list[Piece]:
     """The conversation as pieces in the family's chat format; `images` are the loaded images in order."""
     chat = processor.family.chat
     turns = list(conv.turns)
     last_assistant = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=-1)
     pieces: list[Piece] = []
+    frame = supervise == "original_qwen_vl"  # the ChatML frame tokens are targets too
     if chat.default_system is not None and (not turns or turns[0].role != "system"):
         pieces += [
-            Piece(chat.im_start, False, True),
+            Piece(chat.im_start, frame, True),
             Piece(f"system\n{chat.default_system}", False),
-            Piece(chat.im_end, False, True),
-            Piece("\n", False),
+            Piece(chat.im_end, frame, True),
+            Piece("\n", frame),
         ]
     n_image = 0
     for i, turn in enumerate(turns):
-        sup = turn.role == "assistant" and (supervise == "all_assistant" or i == last_assistant)
-        pieces += [Piece(chat.im_start, False, True), Piece(f"{turn.role}\n", False)]
+        sup = turn.role == "assistant" and (supervise != "last_assistant" or i == last_assistant)
+        pieces += [Piece(chat.im_start, frame, True), Piece(f"{turn.role}\n", False)]
         for seg in turn.segments:
             if seg.kind == "text":
                 pieces.append(Piece(str(seg.value), sup))
@@ -88,7 +91,7 @@ def render(
                 pieces.append(Piece(box_text(seg.value, images, processor, conv.id), sup))
             else:
                 raise NotImplementedError(f"{conv.id}: video segments are not supported yet")
-        pieces += [Piece(chat.im_end, sup, True), Piece("\n", False)]
+        pieces += [Piece(chat.im_end, sup or frame, True), Piece("\n", frame)]
     return pieces
 
 
@@ -144,9 +147,9 @@ def encode(
     conv: Conversation,
     processor: VLProcessor,
     images: list[Image.Image],
-    supervise: Literal["all_assistant", "last_assistant"] = "all_assistant",
+    supervise: Literal["all_assistant", "last_assistant", "original_qwen_vl"] = "all_assistant",
 ) -> Encoded:
     """Token ids, labels and pixel tensors for one conversation with its loaded images."""
     ids, labels, types = tokenize(render(conv, processor, images, supervise), processor.tokenizer)
-    pixels = processor.images(images) if images else {"pixel_values": None, "image_grid_thw": None}
-    return Encoded(ids, labels, types, pixels["pixel_values"], pixels["image_grid_thw"])
+    pixels = processor.images(images) if images else {}
+    return Encoded(ids, labels, types, pixels.get("pixel_values"), pixels.get("image_grid_thw"))

@@ -124,6 +124,22 @@ class ModelFamily:
         self.require_supported()
         return VLProcessor.from_pretrained(self, path, min_pixels=min_pixels, max_pixels=max_pixels)
 
+    def image_processor(self, path: str | None):
+        """The image processor: the checkpoint's (path) or a fresh one with the published settings (None)."""
+        from transformers import Qwen2VLImageProcessorPil
+
+        if path is not None:
+            return Qwen2VLImageProcessorPil.from_pretrained(path)
+        v = self.vision
+        return Qwen2VLImageProcessorPil(
+            size={"shortest_edge": v.min_pixels, "longest_edge": v.max_pixels},
+            patch_size=v.patch_size,
+            temporal_patch_size=v.temporal_patch_size,
+            merge_size=v.merge_size,
+            image_mean=list(v.image_mean),
+            image_std=list(v.image_std),
+        )
+
     def require_supported(self) -> None:
         if not self.supported:
             raise NotImplementedError(f"{self.title}: {self.unsupported_reason}")

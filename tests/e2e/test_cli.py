@@ -91,13 +91,17 @@ def test_make_tiny_reloads_as_a_plain_transformers_checkpoint(family, tmp_path, 
     assert model.lm_head.weight.grad is not None
 
 
-def test_make_tiny_refuses_non_empty_dir_and_unsupported_family(tmp_path, capsys):
+def test_make_tiny_refuses_non_empty_dir(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "f").write_text("keep")
     assert main(["make-tiny", "qwen2_vl", str(tmp_path / "x")]) == 2
     assert "is not empty; pass --force" in capsys.readouterr().err
-    assert main(["make-tiny", "qwen_vl", str(tmp_path / "y")]) == 2
-    assert "native first-generation model" in capsys.readouterr().err
+
+
+def test_make_tiny_first_generation(tmp_path, capsys):
+    assert main(["make-tiny", "qwen_vl", str(tmp_path / "q")]) == 0
+    assert "self-check: reloaded from disk" in capsys.readouterr().out
+    assert json.loads((tmp_path / "q/config.json").read_text())["model_type"] == "qwen"
 
 
 def test_make_tiny_small_vocab(tmp_path, capsys):

@@ -5,7 +5,7 @@ Checkpoints carry `model_type: "qwen"` and the original parameter names (`transf
 costs 256 resampler tokens between `<img>` and `</img>` (258 tokens with the two tags), and is
 introduced as `Picture N: `. Boxes are `<ref>text</ref><box>(x1,y1),(x2,y2)</box>` in [0, 1000).
 
-The native model (no remote code) is a later piece of work; until then loading reports so.
+The model is native (`modeling.py`, `visual.py`): original checkpoints load without remote code.
 """
 
 from __future__ import annotations
@@ -79,8 +79,55 @@ class QwenVLFamily(ModelFamily):
     # The original finetune.py targets: c_attn, attn.c_proj, w1, w2 (not the MLP's c_proj).
     lora_target_regex = r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.w1|mlp\.w2)"
     chat_template = CHAT_TEMPLATE_QWEN_VL
-    supported = False
-    unsupported_reason = (
-        "the native first-generation model (loading original checkpoints without remote code) is not "
-        "built yet; its data conventions (tokens, template, boxes) are already defined"
-    )
+
+    def model_class(self):
+        from .modeling import QWenLMHeadModel
+
+        return QWenLMHeadModel
+
+    def load_processor(self, path, min_pixels=None, max_pixels=None):
+        from . import modeling  # noqa: F401  registers model_type "qwen" before AutoTokenizer reads config.json
+
+        return super().load_processor(path, min_pixels, max_pixels)
+
+    def image_processor(self, path: str | None):
+        from .image_processing import QwenVLImageProcessor
+
+        return QwenVLImageProcessor.from_pretrained(path) if path is not None else QwenVLImageProcessor()
+
+    def vision_keepalive(self, model):
+        import torch
+
+        vision = model.get_submodule(self.paths.vision)
+        p = next(vision.parameters())
+        return (
+            0.0
+            * vision(
+                torch.zeros(1, 3, vision.image_size, vision.image_size, dtype=p.dtype, device=p.device)
+            ).sum()
+        )
+
+    def tiny_config(self, tokenizer):
+        from .configuration import QWenConfig
+
+        # hidden 256: image features replace embeddings, and the resampler has output_dim // 128 heads.
+        return QWenConfig(
+            vocab_size=-(-len(tokenizer) // 128) * 128,
+            hidden_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            kv_channels=64,
+            intermediate_size=512,
+            seq_length=2048,
+            visual={
+                "heads": 4,
+                "image_size": 448,
+                "image_start_id": tokenizer.convert_tokens_to_ids("<img>"),
+                "layers": 2,
+                "mlp_ratio": 2.0,
+                "output_dim": 256,
+                "patch_size": 14,
+                "width": 64,
+            },
+            architectures=["QWenLMHeadModel"],
+        )

@@ -201,3 +201,31 @@ def test_first_generation_picture_prefix_and_258_token_span(real_tokenizer):
     assert supervised == tiktoken_ids(
         "<ref>the dog</ref><box>(100,100),(500,500)</box><|im_end|>", fam.special_tokens
     )
+
+
+def test_original_qwen_vl_finetune_mask(real_tokenizer):
+    """finetune.py of the original Qwen-VL: targets are every <|im_start|>, each turn's <|im_end|> and
+    newline, and the answer; the role names, the system text and the user text are ignored."""
+    fam = get_family("qwen_vl")
+    proc = VLProcessor(fam, real_tokenizer("qwen_vl"), image_processor=None)
+    conv = Conversation(
+        id="o",
+        turns=[Turn("user", [Segment("text", "Hi")]), Turn("assistant", [Segment("text", "Hello there")])],
+    )
+    enc = encode(conv, proc, [], supervise="original_qwen_vl")
+    supervised = [
+        proc.tokenizer.decode([t]) for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE
+    ]
+    assert supervised == [
+        "<|im_start|>",
+        "<|im_end|>",
+        "\n",  # system turn
+        "<|im_start|>",
+        "<|im_end|>",
+        "\n",  # user turn
+        "<|im_start|>",
+        "Hello",
+        " there",
+        "<|im_end|>",
+        "\n",
+    ]  # assistant turn

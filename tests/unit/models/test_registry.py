@@ -62,10 +62,3 @@ def test_every_family_declares_its_facts():
         assert family.chat.image_pad in family.special_tokens
         assert family.paths.vision not in family.paths.language
         assert "visual" not in family.lora_target_regex
-
-
-def test_first_generation_reports_missing_model():
-    with pytest.raises(
-        NotImplementedError, match=r"Qwen-VL \(first generation\): the native first-generation model"
-    ):
-        get_family("qwen_vl").load_model("/nowhere")
