@@ -92,7 +92,11 @@ def merge(
     steps.set_postfix_str("loading")
     model = load_source(kind, run_dir, base_path, family, torch_dtype)
     steps.update()
-    samples = verification_inputs(family, run_dir) if verify and kind == "lora" else []
+    # Loaded once: it encodes the verification samples and is saved with the output.
+    processor = family.load_processor(
+        str(run_dir if (run_dir / "tokenizer_config.json").is_file() else base_path)
+    )
+    samples = verification_inputs(processor) if verify and kind == "lora" else []
     before = [logits(model, s, torch_dtype) for s in samples]
     steps.set_postfix_str("merging")
     if kind == "lora":
@@ -112,7 +116,7 @@ def merge(
             )
     steps.update()
     steps.set_postfix_str("writing")
-    write_output(model, out, run_dir, family, meta, base_path, dtype, max_shard_size, kind)
+    write_output(model, processor, out, run_dir, family, meta, base_path, dtype, max_shard_size, kind)
     steps.update()
     steps.close()
     return MergeResult(out, kind, diff, tol)
@@ -152,15 +156,12 @@ def model_from_zero(run_dir: Path, base_path: Path, family: ModelFamily, dtype: 
     return model.to(dtype).eval()
 
 
-def verification_inputs(family: ModelFamily, run_dir: Path) -> list[dict]:
-    """Two conversations with synthetic images of different sizes, encoded by the run's own processor."""
+def verification_inputs(processor) -> list[dict]:
+    """Two conversations with small synthetic images of different sizes, encoded by the run's processor."""
     from .data.conversation import Conversation, Segment, Turn
     from .data.encode import encode
     from .data.synthetic import shapes_image
 
-    processor = family.load_processor(str(run_dir))
-    if not family.vision.fixed_size:  # keep verification quick on big models
-        processor.set_pixel_range(None, max(processor.min_pixels, 200_000))
     samples = []
     for seed, size in ((1, (160, 120)), (2, (96, 200))):
         image = shapes_image(seed, size)
@@ -191,6 +192,7 @@ def logits(model, inputs: dict, dtype: torch.dtype) -> torch.Tensor:
 
 def write_output(
     model,
+    processor,
     out: Path,
     run_dir: Path,
     family: ModelFamily,
@@ -208,9 +210,7 @@ def write_output(
     staging.mkdir(parents=True)
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
-        family.load_processor(
-            str(run_dir if (run_dir / "tokenizer_config.json").is_file() else base_path)
-        ).save_pretrained(staging)
+        processor.save_pretrained(staging)
         if (base_path / "generation_config.json").is_file():
             GenerationConfig.from_pretrained(base_path).save_pretrained(staging)
         (staging / METADATA_FILE).write_text(

@@ -10,6 +10,7 @@ costs seconds), build the model for the mode, run the Hugging Face Trainer, save
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,4 @@ def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
 
 
 def is_main_process() -> bool:
-    import os
-
     return os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; a plain run is rank 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from ..config import load_recipe
 
@@ -30,11 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import train
+    from ..train import is_main_process, train
 
-    main_process = os.environ.get("RANK", "0") == "0"  # torchrun's rank: only rank 0 narrates
+    # Under torchrun only rank 0 narrates.
     logging.basicConfig(
-        level=logging.INFO if main_process else logging.WARNING, format="[qwenvl-ft] %(message)s"
+        level=logging.INFO if is_main_process() else logging.WARNING, format="[qwenvl-ft] %(message)s"
     )
     train(load_recipe(args.recipe, args.overrides))
     return 0

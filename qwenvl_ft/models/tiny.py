@@ -25,7 +25,6 @@ class TinyReport:
     parameters: int
     vocab_size: int
     real_vocab: bool
-    loss: float | None = None
 
 
 def make_tiny(

@@ -44,7 +44,7 @@ class VLTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._tokens += int(inputs["attention_mask"].sum())
+        self._tokens += inputs["attention_mask"].sum()  # a tensor: no device sync on every step
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
@@ -60,7 +60,7 @@ class VLTrainer(Trainer):
         if "loss" in logs:
             now = time.perf_counter()
             logs["tokens_per_s"] = round(
-                self._tokens * self.args.world_size / max(now - self._last_log, 1e-9), 1
+                float(self._tokens) * self.args.world_size / max(now - self._last_log, 1e-9), 1
             )
             logs["peak_mem_gb"] = round(peak_memory_gb(), 3)
             self._tokens, self._last_log = 0, now

@@ -81,7 +81,7 @@ def test_merged_checkpoint_matches_the_adapter_and_loads_with_transformers_alone
     adapter = PeftModel.from_pretrained(
         fam.load_model(str(model_dir), dtype=torch.float32), str(run_dir)
     ).eval()
-    inputs = verification_inputs(fam, run_dir)
+    inputs = verification_inputs(fam.load_processor(str(run_dir)))
     expected = [logits(adapter, x, torch.float32) for x in inputs]
     torch.save(inputs, tmp_path / "inputs.pt")
     subprocess.run(

@@ -80,7 +80,7 @@ def test_lora_on_a_base_model_then_merge(tiny_model, tmp_path):
     merged = merge(tmp_path / "run", tmp_path / "merged", dtype="fp32", progress=False)
     assert merged.max_logit_diff <= merged.tolerance
     reloaded = fam.load_model(str(tmp_path / "merged"), dtype=torch.float32).eval()
-    inputs = verification_inputs(fam, tmp_path / "run")
+    inputs = verification_inputs(fam.load_processor(str(tmp_path / "run")))
     result.model.eval()
     for x in inputs:
         assert (

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qwenvl_ft.data.conversation import Box, Conversation, Segment, Turn
+from qwenvl_ft.data.conversation import Box, Segment, Turn
 from qwenvl_ft.data.readers import DataError, detect_format, read_file
 
 SAME_CONTENT = {
@@ -184,7 +184,3 @@ def test_jsonl_is_read_line_by_line(tmp_path):
 def test_unsupported_file_type(tmp_path):
     with pytest.raises(DataError, match=r"unsupported data file type '.csv'"):
         list(read_file(tmp_path / "x.csv"))
-
-
-def test_conversation_type_roundtrip():
-    assert Conversation(id="x").turns == []
