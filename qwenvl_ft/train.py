@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import AutoConfig, TrainingArguments, set_seed
 
 from .config import RecipeConfig
 from .data.check import format_report
 from .data.collate import PaddingCollator
-from .data.dataset import build_dataset
+from .data.dataset import SFTDataset, build_dataset
+from .data.packing import PackedDataset, PackingCollator
 from .models import resolve_family
 from .training.modules import trainable_table
 from .training.outputs import DescribeCheckpoints, describe, plot_loss, prepare_output_dir, run_metadata
@@ -60,11 +61,16 @@ def train(cfg: RecipeConfig) -> TrainResult:
         )
         log.info("eval data check:\n" + format_report(eval_report, cfg.data.max_length, limit=10))
     log.info("data check:\n" + format_report(report, cfg.data.max_length, limit=10))
+    collator = PaddingCollator(processor.tokenizer.pad_token_id)
+    if cfg.data.packing:
+        dataset, eval_set = pack(cfg, family, dataset), eval_set and pack(cfg, family, eval_set)
+        collator = PackingCollator(processor.tokenizer.pad_token_id)
 
     # Before the model loads: with ZeRO-3 in the arguments, from_pretrained partitions while loading
     # (zero.Init) instead of every rank holding the whole checkpoint.
     args = training_arguments(cfg, out)
     is_base = resolve_is_base(cfg)
+    set_seed(cfg.train.seed)  # LoRA and new weights initialise from train.seed, not from whatever ran before
     model = adapt(load_model(cfg, family), cfg, family, is_base)
     if cfg.model.dtype != "fp32" and not cfg.train.deepspeed:
         upcast_trainable(model)  # DeepSpeed keeps its own fp32 master weights
@@ -79,10 +85,12 @@ def train(cfg: RecipeConfig) -> TrainResult:
         args=args,
         train_dataset=dataset,
         eval_dataset=eval_set,
-        data_collator=PaddingCollator(processor.tokenizer.pad_token_id),
+        data_collator=collator,
         family=family,
         vision_lr=cfg.train.vision_lr,
         merger_lr=cfg.train.merger_lr,
+        group_by_length=cfg.data.group_by_length and not cfg.data.packing,
+        loss="liger" if cfg.train.liger and cfg.train.loss == "chunked" else cfg.train.loss,
         callbacks=[DescribeCheckpoints(meta, cfg, processor)],
     )
     if resume:
@@ -96,6 +104,19 @@ def train(cfg: RecipeConfig) -> TrainResult:
         curve = plot_loss(trainer.state.log_history, out / "loss.png")
         log.info(f"done: outputs in {out.resolve()}" + (f", loss curve {curve}" if curve else ""))
     return TrainResult(out, trainer.model, trainer.state.log_history)
+
+
+def pack(cfg: RecipeConfig, family, samples: SFTDataset) -> PackedDataset:
+    """The samples packed into rows of `data.pack_length` tokens (bins from the checked lengths)."""
+    length = cfg.data.pack_length or cfg.data.max_length
+    packed = PackedDataset(
+        samples, length, cfg.train.seed, family, AutoConfig.from_pretrained(cfg.model.path)
+    )
+    log.info(
+        f"packing: {len(samples)} samples into {len(packed)} rows of {length} tokens, "
+        f"{packed.efficiency():.1%} of each row filled on average"
+    )
+    return packed
 
 
 def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
@@ -122,6 +143,7 @@ def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
         eval_strategy="steps" if evaluate else "no",
         eval_steps=(t.eval_steps or t.save_steps) if evaluate else None,
         per_device_eval_batch_size=t.per_device_batch_size,
+        prediction_loss_only=True,  # evaluation reports the loss; logits are never gathered
         save_total_limit=t.save_total_limit,
         seed=t.seed,
         data_seed=t.seed,
@@ -130,6 +152,9 @@ def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
         report_to=list(t.report_to) or "none",
         remove_unused_columns=False,  # the collator's keys are the model's inputs
         dataloader_num_workers=cfg.data.num_workers,
+        # Workers decode and resize images ahead of the step; persistent, so no restart each epoch.
+        dataloader_prefetch_factor=cfg.data.prefetch_factor if cfg.data.num_workers else None,
+        dataloader_persistent_workers=cfg.data.num_workers > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # lets bf16 autocast run on CPU (tests, quickstart)
         optim="adamw_torch",

@@ -93,6 +93,16 @@ class DataConfig:
     allow_urls: bool = False
     """Fetch http(s) images named in the data; off so a run never depends on the network by surprise."""
     num_workers: int = 2
+    """Loader processes per rank: images are decoded, resized and encoded there, off the training step."""
+    prefetch_factor: int = 4
+    """Batches each loader process prepares ahead."""
+    packing: bool = False
+    """Concatenate samples into rows of `pack_length` tokens with no padding; each sample keeps its own
+    attention span, positions (mRoPE included) and loss. `train.per_device_batch_size` then counts rows."""
+    pack_length: int | None = None
+    """Tokens per packed row; None: `max_length`. Must be at least `max_length`."""
+    group_by_length: bool = True
+    """Unpacked runs: batch samples of similar length together (less padding), order still random."""
 
     def validate(self) -> None:
         if not self.train:
@@ -101,6 +111,13 @@ class DataConfig:
             spec.validate()
         if self.max_length < 16:
             raise ConfigError(f"'data.max_length' must be at least 16, got {self.max_length}")
+        if self.pack_length is not None and self.pack_length < self.max_length:
+            raise ConfigError(
+                f"'data.pack_length' ({self.pack_length}) is shorter than 'data.max_length' "
+                f"({self.max_length}): the longest sample would not fit in a row"
+            )
+        if self.num_workers < 0 or self.prefetch_factor < 1:
+            raise ConfigError("'data.num_workers' must be >= 0 and 'data.prefetch_factor' >= 1")
 
 
 @dataclass
@@ -152,6 +169,12 @@ class TrainConfig:
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = True
+    loss: Literal["chunked", "standard"] = "chunked"
+    """chunked: cross-entropy over supervised tokens only, a chunk at a time, so the (tokens x 151k)
+    logits never exist at once; standard: the model's own loss over full logits."""
+    liger: bool = False
+    """Liger kernels (RMSNorm, SwiGLU, rotary, fused linear cross-entropy) for the generations that
+    have them; needs the `liger` extra and a CUDA GPU."""
     seed: int = 42
     deepspeed: str | None = None
     """Path to a DeepSpeed JSON (configs/deepspeed/); it must leave batch sizes and optimizer to the recipe."""

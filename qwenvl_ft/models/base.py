@@ -85,6 +85,42 @@ class VisionBudget:
         return self.patch_size * self.merge_size
 
 
+@dataclass(frozen=True)
+class BlockShapes:
+    """One stack of repeated transformer blocks (decoder or vision tower), as `qwenvl_ft.plan` reads it."""
+
+    depth: int
+    width: int
+    intermediate: int
+    """MLP hidden width (of each branch when the MLP is gated)."""
+    heads: int
+    kv_heads: int
+    head_dim: int
+    gated_mlp: bool = True
+    """SwiGLU (gate, up, down) rather than fc1 -> activation -> fc2."""
+    rms_norm: bool = True
+    """RMSNorm computed in fp32 (keeps an fp32 copy of its input), rather than LayerNorm."""
+    fused_qkv: bool = False
+    """One qkv projection whose whole output the attention keeps alive (v is a view of it)."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on q and k (Qwen3)."""
+    eager_attention: bool = False
+    """Attention written as matmul + softmax, which keeps the (heads x n x n) probabilities."""
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """The sizes a memory estimate needs, read from a config by the family that knows its field names."""
+
+    text: BlockShapes
+    vocab: int
+    vision: BlockShapes
+    merger_width: int
+    """Features per vision patch entering the merger / resampler."""
+    mergers: int = 1
+    """Projectors fed by the vision tower (Qwen3-VL adds its DeepStack mergers)."""
+
+
 class ModelFamily:
     """One Qwen vision-language generation. Subclasses fill the class attributes and hooks."""
 
@@ -105,8 +141,12 @@ class ModelFamily:
     """Regex (PEFT full-match) selecting every linear layer of the language model, none of the vision tower."""
     chat_template: ClassVar[str]
     """The Jinja template of the official checkpoints, saved with tiny models."""
+    liger_patch: ClassVar[str | None] = None
+    """Liger-Kernel's `apply_liger_kernel_to_*` function for this generation (None: Liger has none)."""
     supported: ClassVar[bool] = True
     unsupported_reason: ClassVar[str] = ""
+    published_sizes: ClassVar[dict[str, str]] = {}
+    """Published checkpoints whose config.json ships in `models/published/`: model name -> JSON stem."""
 
     # -- loading ---------------------------------------------------------------------------
     def model_class(self) -> type[PreTrainedModel]:
@@ -140,6 +180,21 @@ class ModelFamily:
             image_std=list(v.image_std),
         )
 
+    def apply_liger(self, model: torch.nn.Module) -> bool:
+        """Swap in Liger's RMSNorm, SwiGLU and rotary kernels on this model; False when Liger has none.
+
+        The loss is not patched here: the trainer computes it inside lm_head with Liger's fused
+        linear cross-entropy, the same way for every generation.
+        """
+        if self.liger_patch is None:
+            return False
+        import liger_kernel.transformers as liger
+
+        patch = getattr(liger, self.liger_patch)
+        # Liger's defaults decide which of rope / RMSNorm / SwiGLU it supports per generation.
+        patch(cross_entropy=False, fused_linear_cross_entropy=False, model=model)
+        return True
+
     def require_supported(self) -> None:
         if not self.supported:
             raise NotImplementedError(f"{self.title}: {self.unsupported_reason}")
@@ -160,6 +215,28 @@ class ModelFamily:
         )
         out = vision(pixels, grid_thw=torch.tensor([[1, 2, 2]], device=param.device))
         return 0.0 * sum(t.float().sum() for t in _tensors(out))
+
+    # -- positions (packing) ------------------------------------------------------------------
+    def position_ids(
+        self,
+        config: PretrainedConfig,
+        input_ids: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        image_grid_thw: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rotary positions of one sample on its own: (3, L) for mRoPE generations, (1, L) for 1-D rotary.
+
+        A packed row concatenates these per sample, so every sample sees exactly the positions it
+        would see alone.
+        """
+        import torch
+
+        return torch.arange(len(input_ids))[None]
+
+    def shapes(self, config: PretrainedConfig) -> Shapes:
+        """Layer sizes of a loaded config, for the memory planner (`qwenvl-ft plan`)."""
+        raise NotImplementedError(f"{self.title}: no layer shapes for the memory planner")
 
     # -- tiny models -----------------------------------------------------------------------
     def tiny_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:

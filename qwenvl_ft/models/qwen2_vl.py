@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .base import BoxStyle, ChatFormat, ModelFamily, ModulePaths, VisionBudget
+from .base import BlockShapes, BoxStyle, ChatFormat, ModelFamily, ModulePaths, Shapes, VisionBudget
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -88,10 +88,24 @@ TINY_TEXT = dict(
 TINY_MROPE = [2, 3, 3]  # sums to head_dim / 2 = 8, in the published 16:24:24 proportions
 
 
+def text_shapes(t, qk_norm: bool = False) -> BlockShapes:
+    """The decoder of every transformers-native generation (text_config field names)."""
+    return BlockShapes(
+        depth=t.num_hidden_layers,
+        width=t.hidden_size,
+        intermediate=t.intermediate_size,
+        heads=t.num_attention_heads,
+        kv_heads=t.num_key_value_heads,
+        head_dim=getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads,
+        qk_norm=qk_norm,
+    )
+
+
 class Qwen2VLFamily(ModelFamily):
     name = "qwen2_vl"
     title = "Qwen2-VL"
     model_types = ("qwen2_vl",)
+    liger_patch = "apply_liger_kernel_to_qwen2_vl"
     processor_class = "Qwen2VLProcessor"
     special_tokens = SPECIAL_TOKENS
     paths = PATHS
@@ -108,6 +122,14 @@ class Qwen2VLFamily(ModelFamily):
     )
     lora_target_regex = LORA_TARGETS
     chat_template = CHAT_TEMPLATE
+    # config.json of the Qwen/ repositories on the Hugging Face Hub (meta-device totals 2,208,985,600
+    # and 8,291,375,616 parameters, the published 2.21B and 8.29B).
+    published_sizes = {
+        "Qwen2-VL-2B-Instruct": "qwen2_vl-2b",
+        "Qwen2-VL-2B": "qwen2_vl-2b",
+        "Qwen2-VL-7B-Instruct": "qwen2_vl-7b",
+        "Qwen2-VL-7B": "qwen2_vl-7b",
+    }
     tiny_vision: ClassVar[dict[str, Any]] = dict(
         depth=2,
         embed_dim=64,
@@ -128,6 +150,52 @@ class Qwen2VLFamily(ModelFamily):
         from transformers import Qwen2VLForConditionalGeneration
 
         return Qwen2VLForConditionalGeneration
+
+    def rope_model_class(self):
+        """The transformers class whose `get_rope_index` holds this generation's mRoPE rules."""
+        from transformers import Qwen2VLModel
+
+        return Qwen2VLModel
+
+    def position_ids(self, config, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None):
+        # transformers' own rope-index rules, called on a stand-in that holds only the config: the
+        # method reads nothing else, and this runs in loader workers where no model exists.
+        owner = self.rope_model_class()
+        rope = type(
+            "RopeIndex",
+            (),
+            {
+                "get_rope_index": owner.get_rope_index,
+                "get_vision_position_ids": owner.get_vision_position_ids,
+                "config": config,
+            },
+        )()
+        positions, _ = rope.get_rope_index(
+            input_ids[None],
+            mm_token_type_ids=mm_token_type_ids[None],
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+        )
+        return positions[:, 0]
+
+    def shapes(self, config) -> Shapes:
+        v = config.vision_config  # LayerNorm, fc1 -> QuickGELU -> fc2, fused qkv
+        return Shapes(
+            text=text_shapes(config.text_config),
+            vocab=config.text_config.vocab_size,
+            vision=BlockShapes(
+                depth=v.depth,
+                width=v.embed_dim,
+                intermediate=int(v.embed_dim * v.mlp_ratio),
+                heads=v.num_heads,
+                kv_heads=v.num_heads,
+                head_dim=v.embed_dim // v.num_heads,
+                gated_mlp=False,
+                rms_norm=False,
+                fused_qkv=True,
+            ),
+            merger_width=v.embed_dim,
+        )
 
     def tiny_text_extra(self, tokenizer) -> dict[str, Any]:
         """Text-config fields a later generation adds to the tiny layout (head_dim, experts...)."""

@@ -6,9 +6,9 @@ the referring expression is written as plain text.
 
 from __future__ import annotations
 
-from .base import BoxStyle, ChatFormat, ModulePaths, VisionBudget
+from .base import BlockShapes, BoxStyle, ChatFormat, ModulePaths, Shapes, VisionBudget
 from .qwen2_5_vl import SPECIAL_TOKENS_2_5
-from .qwen2_vl import TINY_MROPE, Qwen2VLFamily
+from .qwen2_vl import TINY_MROPE, Qwen2VLFamily, text_shapes
 
 SPECIAL_TOKENS_3 = SPECIAL_TOKENS_2_5 + ("<tool_response>", "</tool_response>", "<think>", "</think>")
 
@@ -75,6 +75,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
     name = "qwen3_vl"
     title = "Qwen3-VL"
     model_types = ("qwen3_vl",)
+    liger_patch = "apply_liger_kernel_to_qwen3_vl"
     processor_class = "Qwen3VLProcessor"
     special_tokens = SPECIAL_TOKENS_3
     paths = PATHS_3
@@ -82,6 +83,11 @@ class Qwen3VLFamily(Qwen2VLFamily):
     boxes = BOXES_3
     vision = VISION_3
     chat_template = CHAT_TEMPLATE_3
+    # config.json of the Qwen/ repositories (meta-device totals 4,437,815,808 and 8,767,123,696).
+    published_sizes = {
+        "Qwen3-VL-4B-Instruct": "qwen3_vl-4b",
+        "Qwen3-VL-8B-Instruct": "qwen3_vl-8b",
+    }
     tiny_vision = dict(
         depth=2,
         hidden_size=64,
@@ -101,10 +107,35 @@ class Qwen3VLFamily(Qwen2VLFamily):
         "mrope_interleaved": True,
     }
 
+    def rope_model_class(self):
+        from transformers import Qwen3VLModel
+
+        return Qwen3VLModel
+
     def model_class(self):
         from transformers import Qwen3VLForConditionalGeneration
 
         return Qwen3VLForConditionalGeneration
+
+    def shapes(self, config) -> Shapes:
+        v = config.vision_config  # LayerNorm, fc1 -> GELU(tanh) -> fc2, fused qkv; q/k-norm in the decoder
+        return Shapes(
+            text=text_shapes(config.text_config, qk_norm=True),
+            vocab=config.text_config.vocab_size,
+            vision=BlockShapes(
+                depth=v.depth,
+                width=v.hidden_size,
+                intermediate=v.intermediate_size,
+                heads=v.num_heads,
+                kv_heads=v.num_heads,
+                head_dim=v.hidden_size // v.num_heads,
+                gated_mlp=False,
+                rms_norm=False,
+                fused_qkv=True,
+            ),
+            merger_width=v.hidden_size,
+            mergers=1 + len(v.deepstack_visual_indexes),
+        )
 
     def tiny_text_extra(self, tokenizer):
         return {"head_dim": 16}

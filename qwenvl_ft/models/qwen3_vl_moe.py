@@ -7,6 +7,9 @@ the router (`mlp.gate`) is never a LoRA target.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from .base import Shapes
 from .qwen3_vl import Qwen3VLFamily
 
 
@@ -14,12 +17,27 @@ class Qwen3VLMoeFamily(Qwen3VLFamily):
     name = "qwen3_vl_moe"
     title = "Qwen3-VL-MoE"
     model_types = ("qwen3_vl_moe",)
+    liger_patch = "apply_liger_kernel_to_qwen3_vl_moe"
     lora_target_regex = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
+    published_sizes = {}  # none shipped yet: plan from a checkpoint, or pass --config
+
+    def rope_model_class(self):
+        from transformers import Qwen3VLMoeModel
+
+        return Qwen3VLMoeModel
 
     def model_class(self):
         from transformers import Qwen3VLMoeForConditionalGeneration
 
         return Qwen3VLMoeForConditionalGeneration
+
+    def shapes(self, config) -> Shapes:
+        # Each token runs through its top-k experts: activations as one MLP k experts wide.
+        shapes = super().shapes(config)
+        t = config.text_config
+        return replace(
+            shapes, text=replace(shapes.text, intermediate=t.moe_intermediate_size * t.num_experts_per_tok)
+        )
 
     def tiny_text_extra(self, tokenizer):
         return {

@@ -74,6 +74,15 @@ def check_compatible(cfg: RecipeConfig, meta: dict) -> None:
         )
     if mode == "full" and cfg.train.freeze_language and cfg.train.freeze_vision and cfg.train.freeze_merger:
         raise ConfigError("every part is frozen: nothing to train")
+    if cfg.train.liger:
+        if not torch.cuda.is_available():
+            raise ConfigError("train.liger: Liger's Triton kernels need a CUDA GPU; set train.liger: false")
+        try:
+            import liger_kernel  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.liger needs Liger-Kernel: pip install 'qwenvl-ft[liger]'") from None
+        if cfg.train.loss == "standard":
+            raise ConfigError("train.liger brings its own fused loss: use train.loss: chunked with it")
     if cfg.model.dtype == "fp16" and not torch.cuda.is_available():
         raise ConfigError("fp16 training needs a GPU; on CPU use model.dtype: fp32 or bf16")
 
@@ -92,7 +101,36 @@ def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
             # Full module paths: a bare "visual" no longer matches in transformers 5 (shared NOTES).
             llm_int8_skip_modules=[family.paths.vision, family.paths.lm_head],
         )
-    return family.load_model(cfg.model.path, dtype=dtype, **kwargs)
+    model = family.load_model(cfg.model.path, dtype=dtype, **kwargs)
+    if cfg.train.liger and not family.apply_liger(model):
+        log.info(f"Liger has no kernels for {family.title}: only its fused linear cross-entropy is used")
+    if cfg.train.freeze_vision:
+        keep_frozen_vision_out_of_backward(model, family)
+    return model
+
+
+def keep_frozen_vision_out_of_backward(model: torch.nn.Module, family: ModelFamily) -> None:
+    """Stop `enable_input_require_grads` from hooking the vision tower's patch embedding.
+
+    transformers hooks the input embeddings of every sub-model, the ViT's included, whenever
+    activation checkpointing or PEFT turns it on; a frozen vision tower then records its whole
+    graph and runs backward for nothing (about 1.2 GiB for a 7B model with one 1024-token image).
+    The text embeddings keep their hook, which LoRA with checkpointing needs.
+    """
+    if not hasattr(model, "enable_input_require_grads"):
+        return
+    vision = model.get_submodule(family.paths.vision)
+    enable = model.enable_input_require_grads
+
+    def enable_outside_vision() -> None:
+        enable()
+        for module in vision.modules():
+            for handle in list(getattr(model, "_require_grads_hooks", [])):
+                if handle.id in module._forward_hooks:
+                    handle.remove()
+                    model._require_grads_hooks.remove(handle)
+
+    model.enable_input_require_grads = enable_outside_vision
 
 
 def modules_to_save(cfg: RecipeConfig, family: ModelFamily, is_base: bool) -> list[str]:

@@ -13,17 +13,26 @@ import time
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..models.base import ModelFamily
+from .loss import loss_in_head
 from .modules import param_groups
 
 
 class VLTrainer(Trainer):
     def __init__(
-        self, *args, family: ModelFamily, vision_lr: float | None, merger_lr: float | None, **kwargs
+        self,
+        *args,
+        family: ModelFamily,
+        vision_lr: float | None,
+        merger_lr: float | None,
+        group_by_length: bool = False,
+        loss: str = "standard",
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.family = family
+        self.family, self.group_by_length, self.loss_impl = family, group_by_length, loss
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
         self._tokens = 0
         self._last_log = time.perf_counter()
@@ -43,14 +52,48 @@ class VLTrainer(Trainer):
             self.optimizer = cls(groups, lr=self.args.learning_rate, **kwargs)
         return self.optimizer
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        # Lengths from the data check: nothing is encoded to sort. Megabatches of 50 batches are
+        # sorted by length, so a batch holds similar lengths while the order stays random.
+        return LengthGroupedSampler(self.args.train_batch_size, lengths=dataset.lengths())
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._tokens += inputs["attention_mask"].sum()  # a tensor: no device sync on every step
-        loss, outputs = super().compute_loss(
-            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
+        # A tensor: no device sync on every step. Packed rows have no padding to leave out.
+        mask = inputs.get("attention_mask")
+        self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
+        if self.loss_impl == "standard" or "labels" not in inputs:
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+        else:
+            loss, outputs = self._head_loss(model, inputs, num_items_in_batch)
         if model.training and "pixel_values" not in inputs:
             loss = loss + self.family.vision_keepalive(self._base_model(model))
         return (loss, outputs) if return_outputs else loss
+
+    def _head_loss(self, model, inputs, num_items_in_batch):
+        """The loss computed inside lm_head (chunked or Liger): the full logits never exist.
+
+        Normalised like the model's own loss: by the Trainer's token count over gradient
+        accumulation when the model takes loss kwargs, else the mean of this micro-batch.
+        """
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        count = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        with loss_in_head(self._base_model(model).get_output_embeddings(), labels, count, self.loss_impl):
+            outputs = model(**inputs)
+        loss = outputs.logits.reshape(())
+        if getattr(outputs, "aux_loss", None) is not None:  # MoE router balance, as the model adds it
+            loss = (
+                loss
+                + self._base_model(model).config.get_text_config().router_aux_loss_coef * outputs.aux_loss
+            )
+        if self.args.average_tokens_across_devices and count is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages it back
+        return loss, outputs
 
     def _base_model(self, model):
         model = self.accelerator.unwrap_model(model)

@@ -35,13 +35,18 @@ def torchrun(launch_train, model_dir: Path, out: Path, *overrides: str) -> dict:
     return json.loads((out / "trainer_state.json").read_text())
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_lora_under_deepspeed_saves_a_full_adapter(launch_train, tiny_model, tmp_path, stage):
+@pytest.mark.parametrize(
+    "stage, extra",
+    [("zero2", ()), ("zero3", ()), ("zero3", ("data.packing=true", "data.pack_length=1024"))],
+    ids=["zero2", "zero3", "zero3-packed"],
+)
+def test_lora_under_deepspeed_saves_a_full_adapter(launch_train, tiny_model, tmp_path, stage, extra):
     state = torchrun(
         launch_train,
         tiny_model("qwen2_5_vl"),
         tmp_path / "out",
         f"train.deepspeed=configs/deepspeed/{stage}.json",
+        *extra,
     )
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))

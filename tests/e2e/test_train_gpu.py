@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data/demo/demo.jsonl"
 
 
-def test_fsdp_full_fine_tuning(launch_train, tiny_model, tmp_path):
+@pytest.mark.parametrize(
+    "extra", [(), ("data.packing=true", "data.pack_length=1024")], ids=["padded", "packed"]
+)
+def test_fsdp_full_fine_tuning(launch_train, tiny_model, tmp_path, extra):
     import torch
 
     launch_train(
@@ -30,6 +33,7 @@ def test_fsdp_full_fine_tuning(launch_train, tiny_model, tmp_path):
         "train.fsdp=true",
         "model.dtype=bf16",
         "train.max_steps=4",
+        *extra,
     )
     state = json.loads((tmp_path / "out/trainer_state.json").read_text())
     assert all(h["loss"] == h["loss"] for h in state["log_history"] if "loss" in h)
@@ -97,3 +101,55 @@ def test_zero3_lora_on_the_published_3b_architecture(launch_train, tmp_path):
 
     adapter = load_file(str(tmp_path / "out/adapter_model.safetensors"))
     assert adapter and all(t.numel() > 0 for t in adapter.values())
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
+def test_packed_row_matches_samples_alone_on_gpu(tiny_model, attn):
+    """Flash attention reads the per-sample spans from the text position ids (cu_seqlens)."""
+    import torch
+
+    from qwenvl_ft.data.collate import PaddingCollator
+    from qwenvl_ft.data.encode import encode
+    from qwenvl_ft.data.packing import PackingCollator
+    from qwenvl_ft.models import get_family
+
+    if attn == "flash_attention_2":
+        pytest.importorskip("flash_attn")
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests/unit/training"))
+    from test_packed_forward import conversations
+    from transformers import AutoConfig
+
+    family = get_family("qwen2_5_vl")
+    path = tiny_model("qwen2_5_vl")
+    processor = family.load_processor(str(path))
+    model = family.load_model(str(path), dtype=torch.bfloat16, attn_implementation=attn).cuda().eval()
+    config = AutoConfig.from_pretrained(path)
+    encs = [encode(c, processor, images) for c, images in conversations()]
+    rows = [
+        [
+            (
+                e,
+                family.position_ids(
+                    config,
+                    torch.tensor(e.input_ids),
+                    torch.tensor(e.mm_token_type_ids),
+                    image_grid_thw=e.image_grid_thw,
+                ),
+            )
+            for e in encs
+        ]
+    ]
+    batch = {
+        k: v.cuda() if torch.is_tensor(v) else v for k, v in PackingCollator(0)(rows).items() if k != "labels"
+    }
+    with torch.no_grad():
+        logits = model(**batch).logits[0].float()
+        start = 0
+        for e in encs:
+            one = {k: v.cuda() for k, v in PaddingCollator(0, None)([e]).items() if k != "labels"}
+            alone = model(**one, use_cache=False).logits[0].float()
+            n = len(e.input_ids)
+            assert (logits[start : start + n] - alone).abs().max() < 0.05 * alone.abs().max()
+            start += n

@@ -10,7 +10,7 @@ The model is native (`modeling.py`, `visual.py`): original checkpoints load with
 
 from __future__ import annotations
 
-from ..base import BoxStyle, ChatFormat, ModelFamily, ModulePaths, VisionBudget
+from ..base import BlockShapes, BoxStyle, ChatFormat, ModelFamily, ModulePaths, Shapes, VisionBudget
 
 # tokenization_qwen.py: endoftext, im_start, im_end, 205 extras, then the nine image tokens.
 SPECIAL_TOKENS_QWEN_VL = (
@@ -79,6 +79,13 @@ class QwenVLFamily(ModelFamily):
     # The original finetune.py targets: c_attn, attn.c_proj, w1, w2 (not the MLP's c_proj).
     lora_target_regex = r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.w1|mlp\.w2)"
     chat_template = CHAT_TEMPLATE_QWEN_VL
+    # config.json of Qwen/Qwen-VL(-Chat) and Qwen/Qwen-VL-Chat-Int4 (GPTQ, 4 bits, groups of 128):
+    # 9,655,886,592 parameters on the meta device, the published 9.6B.
+    published_sizes = {
+        "Qwen-VL": "qwen_vl",
+        "Qwen-VL-Chat": "qwen_vl",
+        "Qwen-VL-Chat-Int4": "qwen_vl-int4",
+    }
 
     def model_class(self):
         from .modeling import QWenLMHeadModel
@@ -105,6 +112,37 @@ class QwenVLFamily(ModelFamily):
             * vision(
                 torch.zeros(1, 3, vision.image_size, vision.image_size, dtype=p.dtype, device=p.device)
             ).sum()
+        )
+
+    def shapes(self, config) -> Shapes:
+        v = config.visual
+        heads = config.num_attention_heads
+        return Shapes(
+            # One fused c_attn (q, k, v), no GQA; the MLP is c_proj(w1(x) * silu(w2(x))), each half wide.
+            text=BlockShapes(
+                depth=config.num_hidden_layers,
+                width=config.hidden_size,
+                intermediate=config.intermediate_size // 2,
+                heads=heads,
+                kv_heads=heads,
+                head_dim=config.kv_channels,
+                fused_qkv=True,
+            ),
+            vocab=config.vocab_size,
+            # The ViT: LayerNorm, fused in_proj, matmul + softmax attention, c_fc -> GELU -> c_proj.
+            vision=BlockShapes(
+                depth=v["layers"],
+                width=v["width"],
+                intermediate=int(v["width"] * v["mlp_ratio"]),
+                heads=v["heads"],
+                kv_heads=v["heads"],
+                head_dim=v["width"] // v["heads"],
+                gated_mlp=False,
+                rms_norm=False,
+                fused_qkv=True,
+                eager_attention=True,
+            ),
+            merger_width=v["output_dim"],  # the resampler projects patches to output_dim first
         )
 
     def tiny_config(self, tokenizer):

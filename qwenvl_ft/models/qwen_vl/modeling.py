@@ -169,6 +169,8 @@ class QWenModel(QWenPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(past, past + s, device=hidden.device).expand(b, s)
         mask = causal_mask(attention_mask, b, s, past, hidden.device)
+        if attention_mask is None and past == 0:  # packed rows: attention stays inside each sample
+            mask = mask & same_sample(position_ids)
         hidden = self.drop(hidden)
         for block in self.h:
             if self.gradient_checkpointing and self.training:
@@ -219,6 +221,17 @@ def causal_mask(attention_mask, b: int, s: int, past: int, device) -> torch.Tens
         own[torch.arange(s), past + torch.arange(s)] = True
         mask = mask | own
     return mask
+
+
+def same_sample(position_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean (batch, 1, s, s): True where query and key belong to the same packed sample.
+
+    Packed rows restart positions at 0 for each sample; a row without restarts is one sample and
+    the mask is all True (plain causal attention).
+    """
+    starts = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+    sample = starts.cumsum(-1)
+    return (sample[:, :, None] == sample[:, None, :])[:, None]
 
 
 class QWenLMHeadModel(QWenPreTrainedModel, GenerationMixin):

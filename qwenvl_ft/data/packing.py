@@ -1,0 +1,209 @@
+"""Padding-free packing: checked samples placed side by side in rows of `pack_length` tokens.
+
+Each sample in a row keeps everything it would have alone:
+- attention stays inside the sample: positions restart at 0 for every sample, and transformers
+  turns those restarts into a block-causal mask (SDPA / eager) or `cu_seqlens` (flash attention);
+- rotary positions are the sample's own, computed by the family's rules (3-D mRoPE for Qwen2-VL
+  and later, 1-D for the first generation);
+- the first token of each sample gets no target, so no label crosses a boundary, and the loss
+  is the mean over the same supervised tokens as an unpacked batch.
+
+Bins come from best-fit-decreasing over the token lengths the data check already computed, so
+packing reads no image. The bins depend only on the lengths and the seed: a resumed run gets the
+same rows and the Trainer's seeded sampler skips the ones already seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import Dataset
+
+from .encode import IGNORE, Encoded
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from ..models.base import ModelFamily
+    from .dataset import SFTDataset
+
+
+def pack_bins(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
+    """Group sample indices into bins whose total length is at most `capacity`.
+
+    Best-fit decreasing: longest samples first, each into the fullest bin it still fits. Ties
+    between equal lengths are broken by a seeded shuffle, so different seeds give different rows.
+    """
+    too_long = [i for i, n in enumerate(lengths) if n > capacity]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} sample(s) are longer than the pack length {capacity} "
+            f"(sample {too_long[0]}: {lengths[too_long[0]]} tokens)"
+        )
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: -lengths[i])  # stable: the shuffle decides among equal lengths
+    free = _FreeSpace(capacity)
+    bins: list[list[int]] = []
+    for i in order:
+        b = free.take(lengths[i])  # the bin with the least room that still fits
+        if b is None:
+            b, room = len(bins), capacity
+            bins.append([])
+        else:
+            room = free.room_of(b)
+        bins[b].append(i)
+        free.add(b, room - lengths[i])
+    return bins
+
+
+class _FreeSpace:
+    """Open bins indexed by the room they have left: smallest room >= n in O(log capacity)."""
+
+    def __init__(self, capacity: int):
+        self.size = capacity + 1
+        self.tree = [0] * (self.size + 1)  # Fenwick tree of how many bins have each room
+        self.by_room: list[list[int]] = [[] for _ in range(self.size)]
+        self.room: dict[int, int] = {}
+
+    def _update(self, room: int, delta: int) -> None:
+        i = room + 1
+        while i <= self.size:
+            self.tree[i] += delta
+            i += i & -i
+
+    def _prefix(self, room: int) -> int:  # bins with room <= `room`
+        i, total = room + 1, 0
+        while i > 0:
+            total += self.tree[i]
+            i -= i & -i
+        return total
+
+    def add(self, b: int, room: int) -> None:
+        self.room[b] = room
+        if room > 0:
+            self.by_room[room].append(b)
+            self._update(room, 1)
+
+    def room_of(self, b: int) -> int:
+        return self.room[b]
+
+    def take(self, n: int) -> int | None:
+        """Remove and return a bin with the smallest room >= n (None when none fits)."""
+        target = self._prefix(n - 1) + 1  # rank of the first bin with room >= n
+        if target > self._prefix(self.size - 1):
+            return None
+        pos, step = 0, 1 << self.size.bit_length()
+        while step:  # Fenwick descent: the largest index whose prefix count is < target
+            if pos + step <= self.size and self.tree[pos + step] < target:
+                pos += step
+                target -= self.tree[pos]
+            step >>= 1
+        room = pos  # tree index pos + 1 holds room `pos`
+        b = self.by_room[room].pop()
+        self._update(room, -1)
+        return b
+
+
+class PackedDataset(Dataset):
+    """Rows of packed samples over an `SFTDataset`; item i is bin i's samples, encoded, with positions."""
+
+    def __init__(
+        self,
+        samples: SFTDataset,
+        pack_length: int,
+        seed: int,
+        family: ModelFamily,
+        model_config: PretrainedConfig,
+    ):
+        self.samples, self.pack_length = samples, pack_length
+        self.family, self.model_config = family, model_config
+        self.bins = pack_bins(samples.lengths(), pack_length, seed)
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def lengths(self) -> list[int]:
+        sample_lengths = self.samples.lengths()
+        return [sum(sample_lengths[i] for i in b) for b in self.bins]
+
+    def efficiency(self) -> float:
+        """Real tokens / row capacity over all rows."""
+        return sum(self.lengths()) / (len(self.bins) * self.pack_length)
+
+    def __getitem__(self, i: int) -> list[tuple[Encoded, torch.Tensor]]:
+        out = []
+        for j in self.bins[i]:
+            enc = self.samples[j]
+            positions = self.family.position_ids(
+                self.model_config,
+                torch.tensor(enc.input_ids),
+                torch.tensor(enc.mm_token_type_ids),
+                image_grid_thw=enc.image_grid_thw,
+            )
+            out.append((enc, positions))
+        return out
+
+
+@dataclass
+class PackingCollator:
+    """Rows of packed samples -> model inputs with `position_ids` and no attention mask.
+
+    position_ids is (4, rows, tokens) for mRoPE generations: the per-sample text positions that
+    transformers reads to keep attention inside each sample, then the three mRoPE rows; and
+    (rows, tokens) for 1-D rotary. Rows of one batch are padded to the longest with a dummy
+    sample of its own (own positions, no targets), so padding never joins a real sample.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[list[tuple[Encoded, torch.Tensor]]]) -> dict[str, torch.Tensor | bool]:
+        built = [self._row(row) for row in rows]
+        longest = max(r["input_ids"].numel() for r in built)
+        batch: dict[str, list[torch.Tensor]] = {k: [] for k in ("input_ids", "labels", "mm", "text", "rope")}
+        for r in built:
+            pad = longest - r["input_ids"].numel()
+            batch["input_ids"].append(_pad(r["input_ids"], pad, self.pad_token_id))
+            batch["labels"].append(_pad(r["labels"], pad, IGNORE))
+            batch["mm"].append(_pad(r["mm"], pad, 0))
+            batch["text"].append(torch.cat([r["text"], torch.arange(pad)]))
+            batch["rope"].append(torch.cat([r["rope"], torch.arange(pad).expand(r["rope"].size(0), -1)], 1))
+        text = torch.stack(batch["text"])
+        rope = torch.stack(batch["rope"], dim=1)  # (R, rows, tokens)
+        out = {
+            "input_ids": torch.stack(batch["input_ids"]),
+            "labels": torch.stack(batch["labels"]),
+            "mm_token_type_ids": torch.stack(batch["mm"]),
+            "position_ids": text if rope.size(0) == 1 else torch.cat([text[None], rope]),
+            # With a KV cache transformers skips the per-sample mask and attention would cross
+            # samples; training never needs the cache.
+            "use_cache": False,
+        }
+        encs = [enc for row in rows for enc, _ in row if enc.pixel_values is not None]
+        if encs:
+            out["pixel_values"] = torch.cat([e.pixel_values for e in encs])
+            if encs[0].image_grid_thw is not None:
+                out["image_grid_thw"] = torch.cat([e.image_grid_thw for e in encs])
+        return out
+
+    @staticmethod
+    def _row(row: list[tuple[Encoded, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        labels = []
+        for enc, _ in row:
+            sample_labels = torch.tensor(enc.labels)
+            sample_labels[0] = IGNORE  # nothing inside the sample predicts its first token
+            labels.append(sample_labels)
+        return {
+            "input_ids": torch.cat([torch.tensor(enc.input_ids) for enc, _ in row]),
+            "labels": torch.cat(labels),
+            "mm": torch.cat([torch.tensor(enc.mm_token_type_ids) for enc, _ in row]),
+            "text": torch.cat([torch.arange(len(enc.input_ids)) for enc, _ in row]),
+            "rope": torch.cat([pos for _, pos in row], dim=1),
+        }
+
+
+def _pad(t: torch.Tensor, n: int, value: int) -> torch.Tensor:
+    return torch.cat([t, torch.full((n,), value, dtype=t.dtype)]) if n else t

@@ -1,0 +1,156 @@
+"""Packing is exact: a packed row gives each sample the logits, loss and gradients it gets alone.
+
+The reference is the model itself run on each sample separately with no position ids, so
+transformers (or the first-generation model) computes the positions its own way; nothing of the
+packing code takes part in it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from qwenvl_ft.data.collate import PaddingCollator
+from qwenvl_ft.data.conversation import Box, Conversation, Segment, Turn
+from qwenvl_ft.data.encode import IGNORE, encode
+from qwenvl_ft.data.packing import PackingCollator
+from qwenvl_ft.models import get_family
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen_vl")
+
+
+def conversations() -> list[tuple[Conversation, list[Image.Image]]]:
+    """Three samples: two images in one turn plus a follow-up turn; text only; one image with a box."""
+    red = Image.new("RGB", (120, 90), (200, 30, 30))
+    noise = Image.fromarray(
+        torch.randint(0, 255, (70, 140, 3), generator=torch.Generator().manual_seed(0))
+        .to(torch.uint8)
+        .numpy()
+    )
+    blue = Image.new("RGB", (64, 96), (20, 40, 220))
+    two = Conversation(
+        "two-images",
+        [
+            Turn("user", [Segment("image", red), Segment("image", noise), Segment("text", "Compare them.")]),
+            Turn("assistant", [Segment("text", "The first is red, the second is noise.")]),
+            Turn("user", [Segment("text", "Which is brighter?")]),
+            Turn("assistant", [Segment("text", "The red one.")]),
+        ],
+    )
+    text = Conversation(
+        "text-only",
+        [
+            Turn("user", [Segment("text", "Say hello in French.")]),
+            Turn("assistant", [Segment("text", "Bonjour !")]),
+        ],
+    )
+    box = Conversation(
+        "box",
+        [
+            Turn("user", [Segment("image", blue), Segment("text", "Where is the blue area?")]),
+            Turn("assistant", [Segment("ref", "blue area"), Segment("box", Box(4, 8, 60, 90))]),
+        ],
+    )
+    return [(two, [red, noise]), (text, []), (box, [blue])]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def setup(request, tiny_model):
+    from transformers import AutoConfig
+
+    family = get_family(request.param)
+    path = tiny_model(request.param)
+    processor = family.load_processor(str(path))
+    model = family.load_model(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
+    config = AutoConfig.from_pretrained(path)
+    encs = [encode(c, processor, images, "all_assistant") for c, images in conversations()]
+    packed = [
+        (
+            e,
+            family.position_ids(
+                config,
+                torch.tensor(e.input_ids),
+                torch.tensor(e.mm_token_type_ids),
+                image_grid_thw=e.image_grid_thw,
+            ),
+        )
+        for e in encs
+    ]
+    return family, model, processor, encs, packed
+
+
+def single(model, enc) -> torch.Tensor:
+    batch = PaddingCollator(pad_token_id=0, pad_to_multiple_of=None)([enc])
+    batch.pop("labels")
+    return model(**batch, use_cache=False).logits[0]
+
+
+def test_packed_row_gives_each_sample_its_own_logits(setup):
+    family, model, processor, encs, packed = setup
+    batch = PackingCollator(pad_token_id=processor.tokenizer.pad_token_id)([packed])
+    assert "attention_mask" not in batch
+    n = [len(e.input_ids) for e in encs]
+    assert batch["input_ids"].shape == (1, sum(n))
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[
+            0
+        ]  # the batch says use_cache
+        start = 0
+        for e, length in zip(encs, n, strict=True):
+            alone = single(model, e)
+            torch.testing.assert_close(logits[start : start + length], alone, atol=2e-5, rtol=1e-4)
+            start += length
+
+
+def test_wrong_positions_would_be_caught(setup):
+    """The same row with plain 0..n positions per sample (what a naive packer writes) must differ."""
+    family, model, processor, encs, packed = setup
+    if family.name == "qwen_vl":
+        pytest.skip("1-D rotary: per-sample 0..n positions are the right ones")
+    naive = [(e, torch.arange(len(e.input_ids)).expand(3, -1)) for e, _ in packed]
+    batch = PackingCollator(pad_token_id=processor.tokenizer.pad_token_id)([naive])
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+        alone = single(model, encs[0])
+    assert (logits[: len(encs[0].input_ids)] - alone).abs().max() > 1e-3
+
+
+def test_packed_loss_and_gradients_equal_the_padded_batch(setup):
+    family, model, processor, encs, packed = setup
+    pad = processor.tokenizer.pad_token_id
+    padded = {**PaddingCollator(pad_token_id=pad)(encs), "use_cache": False}
+    rows = PackingCollator(pad_token_id=pad)([packed[:2], packed[2:]])  # two rows: padding between rows
+    assert rows["input_ids"].shape[0] == 2
+
+    # The loss both give is the mean over the same supervised tokens: check the count independently.
+    supervised = sum(sum(1 for t in e.labels[1:] if t != IGNORE) for e in encs)
+    assert int((padded["labels"][:, 1:] != IGNORE).sum()) == supervised
+    assert int((rows["labels"][:, 1:] != IGNORE).sum()) == supervised
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    try:
+        ref_loss, ref_grads = loss_and_grads(padded)
+        loss, grads = loss_and_grads(rows)
+    finally:
+        model.eval()
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 10
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-3, msg=name)
+
+    # And the mean itself, from per-sample logits computed alone.
+    with torch.no_grad():
+        total = 0.0
+        for e in encs:
+            logits = single(model, e)
+            labels = torch.tensor(e.labels)
+            total += F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE, reduction="sum")
+    torch.testing.assert_close(ref_loss, total / supervised, atol=1e-5, rtol=1e-5)
