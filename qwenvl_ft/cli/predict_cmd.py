@@ -1,0 +1,39 @@
+"""`qwenvl-ft predict MODEL_OR_RUN_DIR DATA --output preds.jsonl`: batched generation, resumable.
+
+MODEL_OR_RUN_DIR is a base or merged checkpoint, a full fine-tuning run, or a LoRA run or
+checkpoint directory (the adapter is loaded on the base model the run recorded). DATA is any
+format `qwenvl-ft data check` reads; each sample's last assistant turn is the reference. Greedy
+decoding. A rerun with the same --output skips the samples already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="generate answers for a dataset into a JSONL file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="checkpoint directory, or a qwenvl-ft run / checkpoint directory")
+    p.add_argument("data", help="JSON / JSONL / HF dataset of conversations")
+    p.add_argument("--output", required=True, help="predictions JSONL (appended to; existing ids skipped)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--base", help="base model directory, overriding the one a LoRA run recorded")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..infer import Predictor
+    from ..predict import predict
+
+    predictor = Predictor.load(args.model, dtype=args.dtype, base=args.base)
+    out = predict(predictor, args.data, args.output, args.max_new_tokens, args.batch_size, args.limit)
+    print(f"predictions: {out}")
+    return 0

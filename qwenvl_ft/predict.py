@@ -1,0 +1,95 @@
+"""Batched generation over a dataset into a JSONL of predictions, resumable.
+
+    qwenvl-ft predict runs/my-run data/eval.jsonl --output preds.jsonl
+
+Each sample's last assistant turn is the reference and everything before it the prompt, rendered
+as training renders it. A line per sample: its id, the prediction, the reference text, the
+reference boxes in pixels of the original image, and the image sizes (for parsing predicted
+boxes back to pixels). Lines are appended as batches finish; a rerun skips the ids already
+written, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import DatasetSpec
+from .data.conversation import Conversation
+from .data.images import load_image
+from .data.sources import Source
+from .infer import Predictor
+
+
+def split_reference(conv: Conversation) -> tuple[Conversation, Conversation]:
+    """(prompt: the turns before the last assistant turn, reference: that turn alone)."""
+    last = max((i for i, t in enumerate(conv.turns) if t.role == "assistant"), default=None)
+    if last is None:
+        raise ValueError(f"{conv.id}: no assistant turn to use as the reference")
+    return Conversation(conv.id, conv.turns[:last], conv.source_id), Conversation(conv.id, [conv.turns[last]])
+
+
+def record(
+    predictor: Predictor, conv: Conversation, reference: Conversation, images, prediction: str
+) -> dict:
+    segs = reference.turns[0].segments
+    boxes = []
+    for s in segs:
+        if s.kind == "box":
+            b, (w, h) = s.value, images[s.value.image].size
+            scale = (w / 1000, h / 1000) if b.normalized else (1.0, 1.0)
+            boxes.append([b.x1 * scale[0], b.y1 * scale[1], b.x2 * scale[0], b.y2 * scale[1]])
+    return {
+        "id": conv.source_id or conv.id,
+        "prediction": prediction,
+        "reference": "".join(str(s.value) for s in segs if s.kind in ("text", "ref")),
+        "reference_boxes": boxes,
+        "image_sizes": [list(im.size) for im in images],
+        # What `qwenvl-ft eval` needs to read boxes back into pixels in this generation's convention.
+        "family": predictor.family.name,
+        "resized_sizes": [list(predictor.processor.resized_size(im.height, im.width)[::-1]) for im in images],
+    }
+
+
+def predict(
+    predictor: Predictor,
+    data: str | Path,
+    output: str | Path,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write one JSON line per sample of `data` to `output`, skipping ids already there."""
+    source = Source(DatasetSpec(path=str(data)))
+    output = Path(output)
+    done = set()
+    if output.is_file():
+        done = {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
+    todo = [i for i in range(len(source) if limit is None else min(limit, len(source)))]
+    bar = tqdm(total=len(todo), desc="predict", disable=not progress)
+    with output.open("a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch_size):
+            batch = []
+            for i in todo[start : start + batch_size]:
+                conv = source.conversation(i)
+                if (conv.source_id or conv.id) in done:
+                    continue
+                prompt, ref = split_reference(conv)
+                images = [load_image(s.value) for t in conv.turns for s in t.segments if s.kind == "image"]
+                batch.append((prompt, ref, images))
+            answers = (
+                predictor.generate(
+                    [(p, imgs) for p, _, imgs in batch], max_new_tokens=max_new_tokens, batch_size=batch_size
+                )
+                if batch
+                else []
+            )
+            for (prompt, ref, images), answer in zip(batch, answers, strict=True):
+                f.write(json.dumps(record(predictor, prompt, ref, images, answer), ensure_ascii=False) + "\n")
+            f.flush()
+            bar.update(len(todo[start : start + batch_size]))
+    bar.close()
+    return output
