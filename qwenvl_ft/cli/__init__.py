@@ -10,9 +10,29 @@ import argparse
 import sys
 
 from .. import __version__
-from . import config_cmd, data_cmd, eval_cmd, make_tiny_cmd, merge_cmd, plan_cmd, predict_cmd, train_cmd
+from . import (
+    chat_cmd,
+    config_cmd,
+    data_cmd,
+    eval_cmd,
+    make_tiny_cmd,
+    merge_cmd,
+    plan_cmd,
+    predict_cmd,
+    train_cmd,
+)
 
-SUBCOMMANDS = (train_cmd, merge_cmd, predict_cmd, eval_cmd, data_cmd, config_cmd, make_tiny_cmd, plan_cmd)
+SUBCOMMANDS = (
+    train_cmd,
+    merge_cmd,
+    chat_cmd,
+    predict_cmd,
+    eval_cmd,
+    data_cmd,
+    config_cmd,
+    make_tiny_cmd,
+    plan_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

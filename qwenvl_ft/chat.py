@@ -1,0 +1,91 @@
+"""Multi-turn chat with images over a `Predictor`: the Python API behind `qwenvl-ft chat`.
+
+    chat = Chat(Predictor.load("runs/my-run"))
+    chat.ask("Where is the red square?", images=["photo.png"])   # streams to `on_text` if given
+    chat.boxes()            # boxes of the last answer, in pixels of the original image
+    chat.draw_boxes("out.png")
+
+Turns accumulate as a `Conversation`, so every question is asked with the whole history, in the
+same rendering training uses (the first generation's `Picture N:` numbering included).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from .data.conversation import Conversation, Segment, Turn
+from .data.images import load_image
+from .infer import Predictor
+
+Box = tuple[float, float, float, float]
+
+
+class Chat:
+    def __init__(self, predictor: Predictor, system: str | None = None, max_new_tokens: int = 512):
+        self.predictor, self.system, self.max_new_tokens = predictor, system, max_new_tokens
+        self.reset()
+
+    def reset(self) -> None:
+        self.conversation = Conversation(
+            "chat", [Turn("system", [Segment("text", self.system)])] if self.system else []
+        )
+        self.images: list[Image.Image] = []
+
+    def ask(
+        self,
+        text: str,
+        images: list[str | Path | Image.Image] = (),
+        on_text: Callable[[str], None] | None = None,
+    ) -> str:
+        """Add a user turn (images first, then the text), generate, keep the answer in the history."""
+        new = [im if isinstance(im, Image.Image) else load_image(str(im)) for im in images]
+        segments = [Segment("image", im) for im in new] + [Segment("text", text)]
+        self.conversation.turns.append(Turn("user", segments))
+        self.images += new
+        answer = self._generate(on_text)
+        self.conversation.turns.append(Turn("assistant", [Segment("text", answer)]))
+        return answer
+
+    def _generate(self, on_text: Callable[[str], None] | None) -> str:
+        sample = [(self.conversation, self.images)]
+        if on_text is None:
+            return self.predictor.generate(sample, max_new_tokens=self.max_new_tokens)[0]
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.predictor.processor.tokenizer, skip_prompt=True)
+        result: list[str] = []
+        worker = threading.Thread(
+            target=lambda: result.append(
+                self.predictor.generate(sample, max_new_tokens=self.max_new_tokens, streamer=streamer)[0]
+            )
+        )
+        worker.start()
+        for piece in streamer:  # pieces as they decode; the final answer comes from generate itself
+            on_text(piece)
+        worker.join()
+        return result[0]
+
+    def boxes(self) -> list[Box]:
+        """Boxes written in the last answer, in pixels of the last image (the generation's convention)."""
+        answers = [t for t in self.conversation.turns if t.role == "assistant"]
+        if not answers or not self.images:
+            return []
+        image = self.images[-1]
+        resized = self.predictor.processor.resized_size(image.height, image.width)[::-1]
+        return self.predictor.family.parse_boxes(str(answers[-1].segments[0].value), image.size, resized)
+
+    def draw_boxes(self, out: str | Path) -> Path:
+        """The last image with the last answer's boxes drawn on it, saved as a PNG."""
+        if not self.images:
+            raise ValueError("no image in this chat to draw on")
+        image = self.images[-1].copy()
+        draw = ImageDraw.Draw(image)
+        for box in self.boxes():
+            draw.rectangle(box, outline=(255, 0, 0), width=max(1, min(image.size) // 150))
+        out = Path(out)
+        image.save(out)
+        return out
