@@ -42,7 +42,7 @@ def record(
             scale = (w / 1000, h / 1000) if b.normalized else (1.0, 1.0)
             boxes.append([b.x1 * scale[0], b.y1 * scale[1], b.x2 * scale[0], b.y2 * scale[1]])
     return {
-        "id": conv.source_id or conv.id,
+        "id": _id(conv),
         "prediction": prediction,
         "reference": "".join(str(s.value) for s in segs if s.kind in ("text", "ref")),
         "reference_boxes": boxes,
@@ -51,6 +51,34 @@ def record(
         "family": predictor.family.name,
         "resized_sizes": [list(predictor.processor.resized_size(im.height, im.width)[::-1]) for im in images],
     }
+
+
+def iter_records(
+    predictor: Predictor,
+    source: Source,
+    indices: list[int],
+    batch_size: int,
+    max_new_tokens: int,
+    synced_gpus: bool = False,
+):
+    """Prediction records for `source`'s samples at `indices`, a batch at a time.
+
+    synced_gpus: every rank keeps stepping until all are done (ZeRO-3 gathers weights each step).
+    """
+    for start in range(0, len(indices), batch_size):
+        batch = []
+        for i in indices[start : start + batch_size]:
+            conv = source.conversation(i)
+            prompt, ref = split_reference(conv)
+            images = [load_image(s.value) for t in conv.turns for s in t.segments if s.kind == "image"]
+            batch.append((prompt, ref, images))
+        answers = predictor.generate(
+            [(p, imgs) for p, _, imgs in batch],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            **({"synced_gpus": True} if synced_gpus else {}),
+        )
+        yield [record(predictor, p, r, imgs, a) for (p, r, imgs), a in zip(batch, answers, strict=True)]
 
 
 def predict(
@@ -68,28 +96,18 @@ def predict(
     done = set()
     if output.is_file():
         done = {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
-    todo = [i for i in range(len(source) if limit is None else min(limit, len(source)))]
-    bar = tqdm(total=len(todo), desc="predict", disable=not progress)
-    with output.open("a", encoding="utf-8") as f:
-        for start in range(0, len(todo), batch_size):
-            batch = []
-            for i in todo[start : start + batch_size]:
-                conv = source.conversation(i)
-                if (conv.source_id or conv.id) in done:
-                    continue
-                prompt, ref = split_reference(conv)
-                images = [load_image(s.value) for t in conv.turns for s in t.segments if s.kind == "image"]
-                batch.append((prompt, ref, images))
-            answers = (
-                predictor.generate(
-                    [(p, imgs) for p, _, imgs in batch], max_new_tokens=max_new_tokens, batch_size=batch_size
-                )
-                if batch
-                else []
-            )
-            for (prompt, ref, images), answer in zip(batch, answers, strict=True):
-                f.write(json.dumps(record(predictor, prompt, ref, images, answer), ensure_ascii=False) + "\n")
-            f.flush()
-            bar.update(len(todo[start : start + batch_size]))
-    bar.close()
+    n = len(source) if limit is None else min(limit, len(source))
+    todo = [i for i in range(n) if _id(source.conversation(i)) not in done]
+    with (
+        output.open("a", encoding="utf-8") as f,
+        tqdm(total=n, initial=n - len(todo), desc="predict", disable=not progress) as bar,
+    ):
+        for records in iter_records(predictor, source, todo, batch_size, max_new_tokens):
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            f.flush()  # a finished batch survives an interruption
+            bar.update(len(records))
     return output
+
+
+def _id(conv: Conversation) -> str:
+    return conv.source_id or conv.id

@@ -22,6 +22,7 @@ from .data.check import format_report
 from .data.collate import PaddingCollator
 from .data.dataset import SFTDataset, build_dataset
 from .data.packing import PackedDataset, PackingCollator
+from .data.sources import Source
 from .models import resolve_family
 from .training.modules import trainable_table
 from .training.outputs import DescribeCheckpoints, describe, plot_loss, prepare_output_dir, run_metadata
@@ -33,6 +34,7 @@ from .training.setup import (
     resolve_is_base,
     upcast_trainable,
 )
+from .training.task_eval import TaskEval
 from .training.trainer import VLTrainer
 
 log = logging.getLogger("qwenvl_ft")
@@ -91,6 +93,9 @@ def train(cfg: RecipeConfig) -> TrainResult:
         merger_lr=cfg.train.merger_lr,
         group_by_length=cfg.data.group_by_length and not cfg.data.packing,
         loss="liger" if cfg.train.liger and cfg.train.loss == "chunked" else cfg.train.loss,
+        task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, family)
+        if cfg.eval.generate
+        else None,
         callbacks=[DescribeCheckpoints(meta, cfg, processor)],
     )
     if resume:
@@ -144,7 +149,10 @@ def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
         eval_steps=(t.eval_steps or t.save_steps) if evaluate else None,
         per_device_eval_batch_size=t.per_device_batch_size,
         prediction_loss_only=True,  # evaluation reports the loss; logits are never gathered
-        save_total_limit=t.save_total_limit,
+        save_total_limit=t.save_total_limit,  # the best checkpoint (eval.best_metric) is never rotated out
+        metric_for_best_model=cfg.eval.best_metric,
+        greater_is_better=cfg.eval.greater_is_better if cfg.eval.best_metric else None,
+        load_best_model_at_end=bool(cfg.eval.best_metric),
         seed=t.seed,
         data_seed=t.seed,
         deepspeed=t.deepspeed,

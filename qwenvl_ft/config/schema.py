@@ -219,6 +219,31 @@ class OutputConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Task metrics on `data.eval` during training, next to the eval loss (every `train.eval_steps`)."""
+
+    generate: bool = False
+    """Generate answers for `data.eval` and score them: grounding (samples with boxes) and `task`."""
+    task: Literal["vqa", "caption", "ocr"] = "vqa"
+    """Metric for answers without boxes."""
+    max_new_tokens: int = 64
+    limit: int | None = 200
+    """Score the first this many eval samples (generation is slow); None: all."""
+    batch_size: int = 8
+    best_metric: str | None = None
+    """Keep the best checkpoint by this metric, and end with it: 'loss', 'grounding.acc@0.5',
+    'vqa.accuracy', 'caption.cider_d', 'ocr.cer' ... (lower is better for loss and cer)."""
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise ConfigError("'eval.max_new_tokens', 'eval.batch_size' and 'eval.limit' must be positive")
+
+    @property
+    def greater_is_better(self) -> bool:
+        return (self.best_metric or "loss").split(".")[-1] not in ("loss", "cer", "mean_cer")
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -226,10 +251,22 @@ class RecipeConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
-        for section in (self.model, self.data, self.lora, self.quant, self.train, self.output):
+        for section in (self.model, self.data, self.lora, self.quant, self.train, self.output, self.eval):
             section.validate()
+        if (self.eval.generate or self.eval.best_metric) and not self.data.eval:
+            raise ConfigError("'eval.generate' and 'eval.best_metric' need held-out data in 'data.eval'")
+        if (
+            self.eval.best_metric
+            and (self.train.eval_steps or self.train.save_steps)
+            and (self.train.save_steps % (self.train.eval_steps or self.train.save_steps))
+        ):
+            raise ConfigError(
+                "'eval.best_metric' keeps the best checkpoint: 'train.save_steps' must be a multiple of "
+                "'train.eval_steps'"
+            )
         if self.train.mode == "qlora" and self.train.deepspeed and zero_stage(self.train.deepspeed) == 3:
             raise ConfigError(
                 "Q-LoRA cannot run under DeepSpeed ZeRO-3 (4-bit weights cannot be partitioned); "

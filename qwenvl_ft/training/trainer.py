@@ -18,6 +18,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from ..models.base import ModelFamily
 from .loss import loss_in_head
 from .modules import param_groups
+from .task_eval import TaskEval
 
 
 class VLTrainer(Trainer):
@@ -29,10 +30,12 @@ class VLTrainer(Trainer):
         merger_lr: float | None,
         group_by_length: bool = False,
         loss: str = "standard",
+        task_eval: TaskEval | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.family, self.group_by_length, self.loss_impl = family, group_by_length, loss
+        self.task_eval = task_eval
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
         self._tokens = 0
         self._last_log = time.perf_counter()
@@ -94,6 +97,20 @@ class VLTrainer(Trainer):
         if self.args.average_tokens_across_devices and count is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages it back
         return loss, outputs
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """The eval loss, and with `eval.generate` the task metrics of generated answers."""
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.task_eval is not None:
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            scores = self.task_eval(self._base_model(self.model), synced_gpus=is_deepspeed_zero3_enabled())
+            extra = {f"{metric_key_prefix}_{name}": value for name, value in scores.items()}
+            self.log(extra)
+            metrics.update(extra)  # what metric_for_best_model is read from
+        return metrics
 
     def _base_model(self, model):
         model = self.accelerator.unwrap_model(model)

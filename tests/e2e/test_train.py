@@ -3,6 +3,7 @@ parameters change (checked against the checkpoint on disk, bitwise), for every f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,33 @@ def test_packing_trains_rows_of_several_samples(tiny_model, tmp_path, caplog):
     )
     assert_falls(result)
     assert "packing: 8 samples into" in caplog.text
+
+
+def test_task_metrics_during_training_and_best_checkpoint(tiny_model, tmp_path):
+    result = run(
+        tiny_model("qwen2_5_vl"),
+        tmp_path / "o",
+        "qwen2_5_vl",
+        "lora",
+        f"data.eval=[{{path: {DEMO}}}]",
+        "train.max_steps=4",
+        "train.eval_steps=2",
+        "train.save_steps=2",
+        "eval.generate=true",
+        "eval.max_new_tokens=6",
+        "eval.limit=4",
+        "eval.best_metric=loss",
+    )
+    evals = [h for h in result.log_history if "eval_grounding.acc@0.5" in h]
+    assert [h["step"] for h in evals] == [2, 4]
+    # The demo's first four samples: two captions (VQA metric here) and two grounding answers.
+    assert all("eval_vqa.exact_match" in h and 0 <= h["eval_grounding.miou"] <= 1 for h in evals)
+    state = json.loads((tmp_path / "o/trainer_state.json").read_text())
+    losses = {h["step"]: h["eval_loss"] for h in result.log_history if "eval_loss" in h}
+    best_step = min(losses, key=losses.get)
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+
+
+def test_best_metric_needs_eval_data(tiny_model, tmp_path):
+    with pytest.raises(ConfigError, match="'eval.generate' and 'eval.best_metric' need held-out data"):
+        run(tiny_model("qwen2_5_vl"), tmp_path / "o", "qwen2_5_vl", "lora", "eval.best_metric=loss")

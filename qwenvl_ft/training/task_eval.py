@@ -1,0 +1,49 @@
+"""Task metrics on the held-out set during training (recipe section `eval`).
+
+At every evaluation the model in training generates answers for the first `eval.limit` samples
+of `data.eval`, rendered exactly as `qwenvl-ft predict` renders them, and the answers are scored
+by `qwenvl_ft.eval` (grounding for samples with boxes, `eval.task` for the others). The scores
+join the eval loss in the logs (`eval_grounding.acc@0.5`, ...), and `eval.best_metric` can pick
+the checkpoint to keep.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import EvalConfig
+from ..data.sources import Source
+from ..eval.report import score
+from ..infer import Predictor
+from ..models.base import ModelFamily
+from ..models.processor import VLProcessor
+from ..predict import iter_records
+
+
+class TaskEval:
+    def __init__(self, cfg: EvalConfig, sources: list[Source], processor: VLProcessor, family: ModelFamily):
+        self.cfg, self.processor, self.family = cfg, processor, family
+        self.samples = [(s, i) for s in sources for i in range(len(s))][: cfg.limit]
+
+    def __call__(self, model: torch.nn.Module, synced_gpus: bool = False) -> dict[str, float]:
+        """Flat scores, e.g. {"grounding.acc@0.5": 0.4, "vqa.accuracy": 0.7}; the model is left as it was."""
+        was_training = model.training
+        model.eval()
+        predictor = Predictor(model, self.processor, self.family)
+        records = []
+        try:
+            for source in dict.fromkeys(s for s, _ in self.samples):
+                indices = [i for s, i in self.samples if s is source]
+                for batch in iter_records(
+                    predictor, source, indices, self.cfg.batch_size, self.cfg.max_new_tokens, synced_gpus
+                ):
+                    records += batch
+        finally:
+            model.train(was_training)
+        report = score(records, self.cfg.task)
+        return {
+            f"{task}.{name}": float(v)
+            for task, metrics in report.items()
+            for name, v in metrics.items()
+            if name != "n"
+        }
