@@ -26,7 +26,9 @@ from .training.setup import DTYPES, METADATA_FILE
 
 # Unit roundoff per dtype; verification allows VERIFY_FACTOR of them relative to the logit scale.
 ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
-VERIFY_FACTOR = 64
+# In 16 bits the weights' own rounding dominates (measured ~5 roundoffs); in fp32 the two paths'
+# different summation orders through every layer do, and a strongly trained adapter reached 85.
+VERIFY_FACTOR = {torch.float32: 256, torch.bfloat16: 64, torch.float16: 64}
 
 
 class MergeError(ValueError):
@@ -108,7 +110,7 @@ def merge(
         after = [logits(model, s, torch_dtype) for s in samples]
         diff = max(float((a - b).abs().max()) for a, b in zip(before, after, strict=True))
         scale = max(1.0, max(float(a.abs().max()) for a in before))
-        tol = VERIFY_FACTOR * ROUNDOFF[torch_dtype] * scale
+        tol = VERIFY_FACTOR[torch_dtype] * ROUNDOFF[torch_dtype] * scale
         if diff > tol:
             raise MergeError(
                 f"verification failed: merged logits differ from the adapter model's by {diff:.3g} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,13 +11,15 @@ from qwenvl_ft.config import load_recipe
 from qwenvl_ft.models import get_family
 from qwenvl_ft.training.setup import adapt, load_model
 
+REPO = Path(__file__).resolve().parents[3]
+
 
 @pytest.mark.parametrize("family_name", ["qwen2_5_vl", "qwen2_vl"])
 def test_frozen_vision_records_no_graph(tiny_model, family_name):
     family = get_family(family_name)
     path = tiny_model(family_name)
     cfg = load_recipe(
-        f"recipes/tiny/{family_name}_lora.yaml",
+        REPO / f"recipes/tiny/{family_name}_lora.yaml",
         [f"model.path={path}", "model.dtype=fp32", "train.gradient_checkpointing=true"],
     )
     model = adapt(load_model(cfg, family), cfg, family, is_base=False)
