@@ -61,7 +61,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from bench_pack import BatchLog, ListDataset, StepTimer, pick_pack_length, quiet, varied_data
+from bench_pack import BatchLog, pick_pack_length, varied_data
+from common import ListDataset, StepTimer, quiet
 from transformers.utils import logging as hf_logging
 
 from qwenvl_ft import __version__

@@ -53,8 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
-from transformers import TrainerCallback
+from common import ListDataset, StepTimer, quiet
 from transformers.utils import logging as hf_logging
 
 from qwenvl_ft import __version__
@@ -122,22 +121,6 @@ def varied_data(
     return path
 
 
-class ListDataset(Dataset):
-    """Pre-encoded samples with their lengths, which is all `PackedDataset` and length grouping read."""
-
-    def __init__(self, items: list):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.items[i]
-
-    def lengths(self) -> list[int]:
-        return [len(s.input_ids) for s in self.items]
-
-
 def pick_pack_length(lengths: list[int], batches: int, seed: int, multiple: int = 8) -> int:
     """The shortest row (a multiple of `multiple`) that packs `lengths` into at most `batches` rows."""
     n = max(max(lengths), -(-sum(lengths) // batches))
@@ -148,24 +131,6 @@ def pick_pack_length(lengths: list[int], batches: int, seed: int, multiple: int 
 
 
 # -- measuring ----------------------------------------------------------------------------------
-class StepTimer(TrainerCallback):
-    """Seconds per optimizer step (begin -> end) and per loop iteration (end -> end)."""
-
-    def __init__(self):
-        self.step: list[float] = []
-        self.loop: list[float] = []
-        self._begin = self._end = None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._begin = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        self.step.append(now - self._begin)
-        self.loop.append(now - (self._end if self._end is not None else self._begin))
-        self._end = now
-
-
 @dataclass
 class BatchLog:
     """Wraps a collator and records, per batch in order: per-sample (length, supervised, patches), tokens computed."""
@@ -285,13 +250,6 @@ def run_side(spec: dict) -> dict:
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "train_wall_s": round(time.perf_counter() - t0, 1),
     }
-
-
-def quiet(trainer) -> None:
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
 
 
 def in_child(spec: dict) -> dict:

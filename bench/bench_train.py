@@ -45,8 +45,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
-from transformers import TrainerCallback
+from common import ListDataset, StepTimer, quiet
 from transformers.utils import logging as hf_logging
 
 from qwenvl_ft import __version__
@@ -62,36 +61,6 @@ DEMO = Path("data/demo/demo.jsonl")
 TARGET_PCT = 10.0
 
 
-class ListDataset(Dataset):
-    def __init__(self, items: list):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.items[i]
-
-
-class StepTimer(TrainerCallback):
-    """Seconds per optimizer step (begin -> end) and per loop iteration (end -> end)."""
-
-    def __init__(self):
-        self.step: list[float] = []
-        self.loop: list[float] = []
-        self._begin = self._end = None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._begin = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        self.step.append(now - self._begin)
-        if self._end is not None:
-            self.loop.append(now - self._end)
-        self._end = now
-
-
 def repeated_demo(root: Path, times: int) -> Path:
     lines = []
     for line in DEMO.read_text().splitlines():
@@ -103,13 +72,6 @@ def repeated_demo(root: Path, times: int) -> Path:
         "".join(json.dumps(dict(r, id=f"{r['id']}-{k}")) + "\n" for k in range(times) for r in lines)
     )
     return path
-
-
-def quiet(trainer) -> None:
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
 
 
 def run_ours(cfg, data, out: Path, timer: StepTimer):

@@ -69,13 +69,6 @@ def labelled_boxes(conv: Conversation) -> list[tuple[str, Box]]:
     return out
 
 
-def to_pixels(box: Box, size: tuple[int, int]) -> tuple[float, float, float, float]:
-    if not box.normalized:
-        return (box.x1, box.y1, box.x2, box.y2)
-    w, h = size
-    return (box.x1 * w / 1000, box.y1 * h / 1000, box.x2 * w / 1000, box.y2 * h / 1000)
-
-
 def load_images(conv: Conversation) -> list[Image.Image]:
     images = []
     for seg in (s for t in conv.turns for s in t.segments if s.kind == "image"):
@@ -115,7 +108,7 @@ def render(conv: Conversation, out: Path) -> tuple[list[Path], list[Drawn]]:
     for label, box in labelled_boxes(conv):
         if not 0 <= box.image < len(images):
             raise DataError(f"{conv.id}: a box refers to image {box.image + 1} of {len(images)}")
-        drawn.append(Drawn(label, box.image, to_pixels(box, images[box.image].size)))
+        drawn.append(Drawn(label, box.image, box.pixels(images[box.image].size)))
     for i, d in enumerate(drawn):
         draw_box(images[d.image], d, PALETTE[i % len(PALETTE)])
     out.parent.mkdir(parents=True, exist_ok=True)

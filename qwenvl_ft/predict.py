@@ -35,12 +35,7 @@ def record(
     predictor: Predictor, conv: Conversation, reference: Conversation, images, prediction: str
 ) -> dict:
     segs = reference.turns[0].segments
-    boxes = []
-    for s in segs:
-        if s.kind == "box":
-            b, (w, h) = s.value, images[s.value.image].size
-            scale = (w / 1000, h / 1000) if b.normalized else (1.0, 1.0)
-            boxes.append([b.x1 * scale[0], b.y1 * scale[1], b.x2 * scale[0], b.y2 * scale[1]])
+    boxes = [list(s.value.pixels(images[s.value.image].size)) for s in segs if s.kind == "box"]
     return {
         "id": _id(conv),
         "prediction": prediction,
@@ -97,7 +92,8 @@ def predict(
     if output.is_file():
         done = {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
     n = len(source) if limit is None else min(limit, len(source))
-    todo = [i for i in range(n) if _id(source.conversation(i)) not in done]
+    # Only a resumed run reads every sample an extra time, to find the ones already written.
+    todo = [i for i in range(n) if _id(source.conversation(i)) not in done] if done else list(range(n))
     with (
         output.open("a", encoding="utf-8") as f,
         tqdm(total=n, initial=n - len(todo), desc="predict", disable=not progress) as bar,

@@ -25,6 +25,13 @@ class Box:
     normalized: bool = False
     """True when the source already wrote it in [0, 1000) (Qwen-VL data); False: pixels."""
 
+    def pixels(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """(x1, y1, x2, y2) in pixels of its (width, height) image, whichever way it was written."""
+        if not self.normalized:
+            return (self.x1, self.y1, self.x2, self.y2)
+        w, h = size
+        return (self.x1 * w / 1000, self.y1 * h / 1000, self.x2 * w / 1000, self.y2 * h / 1000)
+
 
 @dataclass
 class Segment:

@@ -102,12 +102,9 @@ def box_text(box: Box, images: list[Image.Image], processor: VLProcessor, where:
             f"{where}: a box refers to image {box.image + 1} but the sample has {len(images)} image(s)"
         )
     image = images[box.image]
-    w, h = image.width, image.height
-    xyxy = (box.x1, box.y1, box.x2, box.y2)
-    if box.normalized:
-        xyxy = (box.x1 * w / 1000, box.y1 * h / 1000, box.x2 * w / 1000, box.y2 * h / 1000)
-    resized = processor.resized_size(h, w)[::-1]
-    return processor.family.format_box(xyxy, (w, h), resized)
+    size = (image.width, image.height)  # the data check passes sizes, not decoded images
+    resized = processor.resized_size(image.height, image.width)[::-1]
+    return processor.family.format_box(box.pixels(size), size, resized)
 
 
 def tokenize(pieces: list[Piece], tokenizer) -> tuple[list[int], list[int], list[int]]:

@@ -23,7 +23,14 @@ from ..predict import iter_records
 class TaskEval:
     def __init__(self, cfg: EvalConfig, sources: list[Source], processor: VLProcessor, family: ModelFamily):
         self.cfg, self.processor, self.family = cfg, processor, family
-        self.samples = [(s, i) for s in sources for i in range(len(s))][: cfg.limit]
+        # The first `limit` samples across the eval sources, as (source, indices) pairs.
+        self.samples: list[tuple[Source, list[int]]] = []
+        left = cfg.limit if cfg.limit is not None else sum(len(s) for s in sources)
+        for source in sources:
+            take = min(left, len(source))
+            if take:
+                self.samples.append((source, list(range(take))))
+            left -= take
 
     def __call__(self, model: torch.nn.Module, synced_gpus: bool = False) -> dict[str, float]:
         """Flat scores, e.g. {"grounding.acc@0.5": 0.4, "vqa.accuracy": 0.7}; the model is left as it was."""
@@ -32,8 +39,7 @@ class TaskEval:
         predictor = Predictor(model, self.processor, self.family)
         records = []
         try:
-            for source in dict.fromkeys(s for s, _ in self.samples):
-                indices = [i for s, i in self.samples if s is source]
+            for source, indices in self.samples:
                 for batch in iter_records(
                     predictor, source, indices, self.cfg.batch_size, self.cfg.max_new_tokens, synced_gpus
                 ):

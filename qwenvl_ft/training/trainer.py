@@ -86,14 +86,12 @@ class VLTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         count = num_items_in_batch if self.model_accepts_loss_kwargs else None
-        with loss_in_head(self._base_model(model).get_output_embeddings(), labels, count, self.loss_impl):
+        base = self._base_model(model)
+        with loss_in_head(base.get_output_embeddings(), labels, count, self.loss_impl):
             outputs = model(**inputs)
         loss = outputs.logits.reshape(())
         if getattr(outputs, "aux_loss", None) is not None:  # MoE router balance, as the model adds it
-            loss = (
-                loss
-                + self._base_model(model).config.get_text_config().router_aux_loss_coef * outputs.aux_loss
-            )
+            loss = loss + base.config.get_text_config().router_aux_loss_coef * outputs.aux_loss
         if self.args.average_tokens_across_devices and count is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages it back
         return loss, outputs

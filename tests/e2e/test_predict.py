@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from qwenvl_ft.cli import main
@@ -65,4 +64,4 @@ def test_predict_writes_a_line_per_sample_and_resumes(tiny_model, tmp_path):
     again = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in again] == [r["id"] for r in lines]
     assert [r["prediction"] for r in again] == [r["prediction"] for r in lines]  # greedy: deterministic
-    assert torch.tensor([len(r["prediction"]) > 0 for r in again]).all()
+    assert all(r["prediction"] for r in again)
