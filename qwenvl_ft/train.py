@@ -54,6 +54,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
     check_compatible(cfg, checkpoint_meta(cfg.model.path))
     out, resume = prepare_output_dir(cfg)
     processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
+    processor.video_config = cfg.data.video
 
     dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
     eval_set = None
@@ -93,6 +94,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
         merger_lr=cfg.train.merger_lr,
         group_by_length=cfg.data.group_by_length and not cfg.data.packing,
         loss="liger" if cfg.train.liger and cfg.train.loss == "chunked" else cfg.train.loss,
+        media_kinds=any(p.images for p in report.plan) + any(p.videos for p in report.plan),
         task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, family)
         if cfg.eval.generate
         else None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import DatasetSpec
+from ..config import DatasetSpec, VideoConfig
 from ..config.schema import DataFormat
 from ..models import FAMILIES, get_family, resolve_family
 
@@ -57,6 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["all_assistant", "last_assistant", "original_qwen_vl"],
         default="all_assistant",
     )
+    c.add_argument("--fps", type=float, help="video frames sampled per second (default: the generation's, 2)")
+    c.add_argument("--num-frames", type=int, help="a fixed number of frames per video instead of --fps")
+    c.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    c.add_argument("--video-max-pixels", type=int, help="largest area of one video frame after resizing")
     c.add_argument("--allow-urls", action="store_true", help="fetch http(s) images named in the data")
     c.add_argument(
         "--no-decode", action="store_true", help="read image headers only (faster; misses corrupt pixel data)"
@@ -70,6 +74,10 @@ def check(args: argparse.Namespace) -> int:
     from ..data.sources import Source
 
     processor = _processor(args)
+    processor.video_config = VideoConfig(
+        fps=args.fps, num_frames=args.num_frames, max_frames=args.max_frames, max_pixels=args.video_max_pixels
+    )
+    processor.video_config.validate()
     sources = [Source(DatasetSpec(path=p, format=args.format, image_root=args.image_root)) for p in args.data]
     report = check_sources(
         sources,

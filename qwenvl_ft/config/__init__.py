@@ -12,6 +12,7 @@ from .schema import (
     QuantConfig,
     RecipeConfig,
     TrainConfig,
+    VideoConfig,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "EvalConfig",
     "RecipeConfig",
     "TrainConfig",
+    "VideoConfig",
     "apply_override",
     "dump_yaml",
     "load_recipe",

@@ -80,6 +80,51 @@ class DatasetSpec:
 
 
 @dataclass
+class VideoConfig:
+    """Frame sampling and pixel budgets of video samples; None takes the generation's published rule."""
+
+    fps: float | None = None
+    """Frames sampled per second of video (the Qwen rule: 2)."""
+    num_frames: int | None = None
+    """A fixed number of frames per video instead of `fps`."""
+    min_frames: int | None = None
+    max_frames: int | None = None
+    """At most this many frames per video (the published video LoRA recipe uses 24)."""
+    min_pixels: int | None = None
+    """Smallest area of one frame after resizing."""
+    max_pixels: int | None = None
+    """Largest area of one frame after resizing (caps visual tokens per frame)."""
+    total_pixels: int | None = None
+    """Pixel budget of a whole video: frames are shrunk so frames x area stays under it."""
+    folder_fps: float = 2.0
+    """Frame rate of a video given as a folder of frames (they are usually sampled already)."""
+    decode_timeout: float = 60.0
+    """Seconds one video may take to decode before it is reported as broken rather than waited on."""
+
+    def validate(self) -> None:
+        if self.fps is not None and self.num_frames is not None:
+            raise ConfigError("'data.video.fps' and 'data.video.num_frames' exclude each other: set one")
+        for name in (
+            "fps",
+            "num_frames",
+            "min_frames",
+            "max_frames",
+            "min_pixels",
+            "max_pixels",
+            "total_pixels",
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"'data.video.{name}' must be positive, got {value}")
+        if self.min_frames and self.max_frames and self.min_frames > self.max_frames:
+            raise ConfigError(
+                f"'data.video.min_frames' ({self.min_frames}) exceeds 'data.video.max_frames' ({self.max_frames})"
+            )
+        if self.folder_fps <= 0 or self.decode_timeout <= 0:
+            raise ConfigError("'data.video.folder_fps' and 'data.video.decode_timeout' must be positive")
+
+
+@dataclass
 class DataConfig:
     train: list[DatasetSpec] = field(default_factory=list)
     eval: list[DatasetSpec] = field(default_factory=list)
@@ -103,6 +148,8 @@ class DataConfig:
     """Tokens per packed row; None: `max_length`. Must be at least `max_length`."""
     group_by_length: bool = True
     """Unpacked runs: batch samples of similar length together (less padding), order still random."""
+    video: VideoConfig = field(default_factory=VideoConfig)
+    """Frame sampling and pixel budgets of video samples."""
 
     def validate(self) -> None:
         if not self.train:
@@ -116,6 +163,7 @@ class DataConfig:
                 f"'data.pack_length' ({self.pack_length}) is shorter than 'data.max_length' "
                 f"({self.max_length}): the longest sample would not fit in a row"
             )
+        self.video.validate()
         if self.num_workers < 0 or self.prefetch_factor < 1:
             raise ConfigError("'data.num_workers' must be >= 0 and 'data.prefetch_factor' >= 1")
 

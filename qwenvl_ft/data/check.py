@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .. import __version__
+from .clips import VideoClip, plan_clip
 from .conversation import Box, Conversation
 from .encode import IGNORE, render, tokenize
 from .images import ImageError, image_size, load_image
 from .readers import DataError
 from .sources import Source
+from .video import VideoError
 
 if TYPE_CHECKING:
     from ..models.processor import VLProcessor
@@ -50,6 +52,8 @@ class PlanItem:
     length: int
     """Exact token count, visual tokens included: the encoder must produce exactly this."""
     images: int
+    videos: int = 0
+    video_frames: int = 0
 
 
 @dataclass
@@ -129,6 +133,7 @@ class SampleCheck:
     """Turns to keep; None: drop (over max_length and not truncatable)."""
     kept_length: int = 0
     kept_images: int = 0
+    kept_videos: list[VideoClip] = field(default_factory=list)
 
 
 def check_sample(
@@ -143,10 +148,14 @@ def check_sample(
     """Problems, exact length and the drop / truncate decision for one conversation."""
     problems = structure_problems(conv)
     sizes: list[Size] = []
+    clips: list[VideoClip] = []
     for turn in conv.turns:
         for seg in turn.segments:
             if seg.kind == "video":
-                problems.append("video samples are not supported yet")
+                try:  # metadata only: the exact frames, size and tokens without decoding pixels
+                    clips.append(plan_clip(seg.value, processor))
+                except (VideoError, ValueError) as e:
+                    problems.append(str(e))
             elif seg.kind == "image":
                 try:
                     w, h = (
@@ -163,26 +172,29 @@ def check_sample(
         problems += [p for s in turn.segments if s.kind == "box" for p in box_problems(s.value, sizes)]
     if problems:
         return SampleCheck(problems)
-    length, supervised = _length(conv, processor, sizes, supervise)
+    length, supervised = _length(conv, processor, sizes, supervise, clips)
     if not supervised:
         return SampleCheck(["no token is supervised (check data.supervise and the assistant turns)"])
     if length <= max_length:
-        return SampleCheck([], length, len(conv.turns), length, len(sizes))
+        return SampleCheck([], length, len(conv.turns), length, len(sizes), clips)
     if overlength == "truncate":
         # Keep the longest prefix of whole turns that fits and ends with an assistant answer: never
         # inside an image span, never an assistant turn without its end.
         for k in range(len(conv.turns) - 1, 0, -1):
             if conv.turns[k - 1].role == "assistant":
                 part = Conversation(conv.id, conv.turns[:k])
-                kept = _length(part, processor, sizes, supervise)[0]
+                n_img = sum(seg.kind == "image" for t in part.turns for seg in t.segments)
+                n_vid = sum(seg.kind == "video" for t in part.turns for seg in t.segments)
+                kept = _length(part, processor, sizes, supervise, clips[:n_vid])[0]
                 if kept <= max_length:
-                    n_img = sum(seg.kind == "image" for t in part.turns for seg in t.segments)
-                    return SampleCheck([], length, k, kept, n_img)
-    return SampleCheck([], length)
+                    return SampleCheck([], length, k, kept, n_img, clips[:n_vid])
+    return SampleCheck([], length, kept_videos=clips)
 
 
-def _length(conv: Conversation, processor: VLProcessor, sizes: list[Size], supervise: str) -> tuple[int, int]:
-    ids, labels, _ = tokenize(render(conv, processor, sizes, supervise), processor.tokenizer)
+def _length(
+    conv: Conversation, processor: VLProcessor, sizes: list[Size], supervise: str, clips: list[VideoClip]
+) -> tuple[int, int]:
+    ids, labels, _ = tokenize(render(conv, processor, sizes, supervise, clips), processor.tokenizer)
     return len(ids), sum(lab != IGNORE for lab in labels)
 
 
@@ -207,6 +219,7 @@ def check_sources(
                 len(processor.tokenizer),
                 processor.min_pixels,
                 processor.max_pixels,
+                asdict(processor.video_config) if processor.video_config is not None else None,
                 max_length,
                 overlength,
                 supervise,
@@ -237,8 +250,11 @@ def check_sources(
                 if res.problems:
                     continue
                 if res.keep is None:
+                    # Name the videos' share: a long clip is the usual reason, and fps / max_frames /
+                    # max_pixels in data.video are the levers.
+                    videos = "".join(f"; video {c.path}: {c.describe()}" for c in res.kept_videos)
                     report.dropped.append(
-                        Problem(conv.id, f"{res.length} tokens > max_length {max_length}: dropped")
+                        Problem(conv.id, f"{res.length} tokens > max_length {max_length}: dropped{videos}")
                     )
                     continue
                 if res.keep < len(conv.turns):
@@ -248,7 +264,10 @@ def check_sources(
                             f"{res.length} tokens: kept the first {res.keep} turns ({res.kept_length})",
                         )
                     )
-                report.plan.append(PlanItem(s, i, res.keep, res.kept_length, res.kept_images))
+                frames = sum(len(c.indices) for c in res.kept_videos)
+                report.plan.append(
+                    PlanItem(s, i, res.keep, res.kept_length, res.kept_images, len(res.kept_videos), frames)
+                )
     if cache_file:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         cache_file.write_text(report.to_json())
@@ -272,6 +291,13 @@ def format_report(report: CheckReport, max_length: int, limit: int = 50) -> str:
         images = sorted(p.images for p in report.plan)
         counts = {n: images.count(n) for n in sorted(set(images))}
         lines.append("images per sample: " + ", ".join(f"{n}: {c}" for n, c in counts.items()))
+        with_video = [p for p in report.plan if p.videos]
+        if with_video:
+            frames = sorted(p.video_frames for p in with_video)
+            lines.append(
+                f"samples with video: {len(with_video)}, {sum(p.videos for p in with_video)} videos, "
+                f"frames per sample: min {frames[0]}, median {frames[len(frames) // 2]}, max {frames[-1]}"
+            )
         lengths = sorted(p.length for p in report.plan)
         pct = {q: lengths[min(len(lengths) - 1, int(q / 100 * len(lengths)))] for q in (50, 90, 99)}
         lines.append(

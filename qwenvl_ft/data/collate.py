@@ -35,12 +35,25 @@ class PaddingCollator:
             batch["labels"][row, :n] = torch.tensor(s.labels)
             batch["attention_mask"][row, :n] = 1
             batch["mm_token_type_ids"][row, :n] = torch.tensor(s.mm_token_type_ids)
-        with_images = [s for s in samples if s.pixel_values is not None]
-        if with_images:
-            batch["pixel_values"] = torch.cat([s.pixel_values for s in with_images])
-            if with_images[0].image_grid_thw is not None:  # dynamic-resolution generations
-                batch["image_grid_thw"] = torch.cat([s.image_grid_thw for s in with_images])
+        batch.update(media(samples))
         return batch
+
+
+def media(samples: list[Encoded]) -> dict[str, torch.Tensor]:
+    """Pixels and grids of the samples' images and videos, in sample order (the order of their tokens)."""
+    out = {}
+    with_images = [s for s in samples if s.pixel_values is not None]
+    if with_images:
+        out["pixel_values"] = torch.cat([s.pixel_values for s in with_images])
+        if with_images[0].image_grid_thw is not None:  # dynamic-resolution generations
+            out["image_grid_thw"] = torch.cat([s.image_grid_thw for s in with_images])
+    with_videos = [s for s in samples if s.pixel_values_videos is not None]
+    if with_videos:
+        out["pixel_values_videos"] = torch.cat([s.pixel_values_videos for s in with_videos])
+        out["video_grid_thw"] = torch.cat([s.video_grid_thw for s in with_videos])
+        if with_videos[0].second_per_grid_ts is not None:
+            out["second_per_grid_ts"] = torch.cat([s.second_per_grid_ts for s in with_videos])
+    return out
 
 
 def padding_efficiency(batch: dict[str, torch.Tensor]) -> float:

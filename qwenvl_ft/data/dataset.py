@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from torch.utils.data import Dataset
 
 from .check import CheckReport, PlanItem, check_sources, format_report
+from .clips import load_clip, plan_clip
 from .encode import Encoded, encode
 from .images import load_image
 from .readers import DataError
@@ -49,10 +50,14 @@ class SFTDataset(Dataset):
         item = self.items[i]
         conv = self.sources[item.source].conversation(item.index)
         conv.turns = conv.turns[: item.turns]
-        images = [
-            load_image(s.value, self.allow_urls) for t in conv.turns for s in t.segments if s.kind == "image"
+        segments = [s for t in conv.turns for s in t.segments]
+        images = [load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"]
+        videos = [
+            load_clip(plan_clip(s.value, self.processor), self.processor)
+            for s in segments
+            if s.kind == "video"
         ]
-        enc = encode(conv, self.processor, images, self.supervise)
+        enc = encode(conv, self.processor, images, self.supervise, videos)
         if len(enc.input_ids) != item.length:
             raise RuntimeError(
                 f"{conv.id}: encoded {len(enc.input_ids)} tokens but the data check counted "

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..models.processor import VLProcessor
+    from .clips import VideoClip
 
 IGNORE = -100
 
@@ -44,6 +45,10 @@ class Encoded:
     mm_token_type_ids: list[int]
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    second_per_grid_ts: torch.Tensor | None = None
+    """Seconds per temporal patch of each video, for the generations that put time in rotary positions."""
 
 
 def render(
@@ -51,8 +56,9 @@ def render(
     processor: VLProcessor,
     images: list[Image.Image],
     supervise: Literal["all_assistant", "last_assistant", "original_qwen_vl"] = "all_assistant",
+    videos: list[VideoClip] = (),
 ) -> list[Piece]:
-    """The conversation as pieces in the family's chat format; `images` are the loaded images in order."""
+    """The conversation as pieces in the family's chat format; `images` and `videos` in order."""
     chat = processor.family.chat
     turns = list(conv.turns)
     last_assistant = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=-1)
@@ -65,7 +71,7 @@ def render(
             Piece(chat.im_end, frame, True),
             Piece("\n", frame),
         ]
-    n_image = 0
+    n_image = n_video = 0
     for i, turn in enumerate(turns):
         sup = turn.role == "assistant" and (supervise != "last_assistant" or i == last_assistant)
         pieces += [Piece(chat.im_start, frame, True), Piece(f"{turn.role}\n", False)]
@@ -89,8 +95,18 @@ def render(
                 pieces.append(Piece(processor.family.format_ref(str(seg.value)), sup))
             elif seg.kind == "box":
                 pieces.append(Piece(box_text(seg.value, images, processor, conv.id), sup))
+            elif seg.kind == "video":
+                clip = videos[n_video]
+                n_video += 1
+                for span in processor.family.video_spans(clip.grid, clip.timestamps):
+                    if isinstance(span, str):
+                        pieces.append(Piece(span, False))
+                    else:
+                        token, repeat = span
+                        modality = 2 if token == chat.video_pad else 0
+                        pieces.append(Piece(token, False, True, repeat, modality=modality))
             else:
-                raise NotImplementedError(f"{conv.id}: video segments are not supported yet")
+                raise ValueError(f"{conv.id}: unknown segment kind {seg.kind!r}")
         pieces += [Piece(chat.im_end, sup or frame, True), Piece("\n", frame)]
     return pieces
 
@@ -145,8 +161,17 @@ def encode(
     processor: VLProcessor,
     images: list[Image.Image],
     supervise: Literal["all_assistant", "last_assistant", "original_qwen_vl"] = "all_assistant",
+    videos: list[VideoClip] = (),
 ) -> Encoded:
-    """Token ids, labels and pixel tensors for one conversation with its loaded images."""
-    ids, labels, types = tokenize(render(conv, processor, images, supervise), processor.tokenizer)
+    """Token ids, labels and pixel tensors for one conversation with its loaded images and videos."""
+    import torch
+
+    ids, labels, types = tokenize(render(conv, processor, images, supervise, videos), processor.tokenizer)
     pixels = processor.images(images) if images else {}
-    return Encoded(ids, labels, types, pixels.get("pixel_values"), pixels.get("image_grid_thw"))
+    enc = Encoded(ids, labels, types, pixels.get("pixel_values"), pixels.get("image_grid_thw"))
+    if videos:
+        enc.pixel_values_videos = torch.cat([c.pixel_values for c in videos])
+        enc.video_grid_thw = torch.tensor([c.grid for c in videos])
+        if processor.family.video.timestamps == "rope":
+            enc.second_per_grid_ts = torch.tensor([c.seconds_per_grid for c in videos])
+    return enc

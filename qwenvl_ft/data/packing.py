@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import Dataset
 
+from .collate import media
 from .encode import IGNORE, Encoded
 
 if TYPE_CHECKING:
@@ -143,6 +144,8 @@ class PackedDataset(Dataset):
                 torch.tensor(enc.input_ids),
                 torch.tensor(enc.mm_token_type_ids),
                 image_grid_thw=enc.image_grid_thw,
+                video_grid_thw=enc.video_grid_thw,
+                second_per_grid_ts=enc.second_per_grid_ts,
             )
             out.append((enc, positions))
         return out
@@ -182,11 +185,7 @@ class PackingCollator:
             # samples; training never needs the cache.
             "use_cache": False,
         }
-        encs = [enc for row in rows for enc, _ in row if enc.pixel_values is not None]
-        if encs:
-            out["pixel_values"] = torch.cat([e.pixel_values for e in encs])
-            if encs[0].image_grid_thw is not None:
-                out["image_grid_thw"] = torch.cat([e.image_grid_thw for e in encs])
+        out.update(media([enc for row in rows for enc, _ in row]))
         return out
 
     @staticmethod

@@ -51,16 +51,7 @@ def draw_shapes(
                 break
         else:
             raise ValueError(f"cannot place {count} shapes on a {w}x{h} image")
-        fill = COLOURS[colour]
-        corners = [box[0], box[1], box[2] - 1, box[3] - 1]
-        if kind == "square":
-            draw.rectangle(corners, fill=fill)
-        elif kind == "circle":
-            draw.ellipse(corners, fill=fill)
-        else:
-            draw.polygon(
-                [(box[0], box[3] - 1), ((box[0] + box[2]) // 2, box[1]), (box[2] - 1, box[3] - 1)], fill=fill
-            )
+        _fill(draw, kind, box, COLOURS[colour])
         shapes.append(Shape(colour, kind, box))
     return image, shapes
 
@@ -71,3 +62,65 @@ def shapes_image(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
 
 def _disjoint(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def draw_grid_shapes(
+    seed: int, size: int = 56, grid: int = 2, count: int = 2
+) -> tuple[Image.Image, list[Shape]]:
+    """A `size`-pixel square image cut into grid x grid cells, `count` shapes in distinct random cells.
+
+    Each shape fills its cell less a small margin, so its box says which cell it is in: the
+    grounding task of the end-to-end learning test, sized for a tiny model to learn in minutes.
+    (colour, shape) pairs are distinct, so naming both always picks exactly one shape.
+    """
+    rng = random.Random(seed)
+    cell, margin = size // grid, max(1, size // (8 * grid))
+    image = Image.new("RGB", (size, size), (245, 245, 240))
+    draw = ImageDraw.Draw(image)
+    cells = rng.sample(range(grid * grid), count)
+    names = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
+    shapes = []
+    for index, (colour, kind) in zip(cells, names, strict=True):
+        x, y = (index % grid) * cell, (index // grid) * cell
+        box = (x + margin, y + margin, x + cell - margin, y + cell - margin)
+        _fill(draw, kind, box, COLOURS[colour])
+        shapes.append(Shape(colour, kind, box))
+    return image, shapes
+
+
+def _fill(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill) -> None:
+    corners = [box[0], box[1], box[2] - 1, box[3] - 1]
+    if kind == "square":
+        draw.rectangle(corners, fill=fill)
+    elif kind == "circle":
+        draw.ellipse(corners, fill=fill)
+    else:
+        draw.polygon(
+            [(box[0], box[3] - 1), ((box[0] + box[2]) // 2, box[1]), (box[2] - 1, box[3] - 1)], fill=fill
+        )
+
+
+def moving_square_video(
+    path: str, frames: int = 30, fps: int = 10, size: tuple[int, int] = (64, 48), colour: str = "red"
+) -> str:
+    """Write an H.264 video of a square crossing a plain background (needs PyAV); returns the path.
+
+    Frame i has the square's left edge at 2 * i pixels (wrapping), so which frames were sampled
+    can be read back from the pixels.
+    """
+    import av
+    import numpy as np
+
+    w, h = size
+    side = max(4, h // 4)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "18"}
+        for i in range(frames):
+            frame = np.full((h, w, 3), 245, np.uint8)
+            x = (2 * i) % (w - side)
+            frame[h // 2 - side // 2 : h // 2 + side - side // 2, x : x + side] = COLOURS[colour]
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return str(path)

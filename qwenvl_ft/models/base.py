@@ -86,6 +86,26 @@ class VisionBudget:
 
 
 @dataclass(frozen=True)
+class VideoBudget:
+    """How a generation samples and sizes video frames (qwen-vl-utils, the Qwen team's preprocessing).
+
+    Frames are sampled at `fps` (clamped to [min_frames, max_frames], a multiple of the temporal
+    patch size); every frame is resized like an image with the per-frame area capped at
+    min(max_pixels, total_pixels / frames * temporal_patch_size), and never below min_pixels.
+    """
+
+    fps: float
+    min_frames: int
+    max_frames: int
+    min_pixels: int
+    max_pixels: int
+    total_pixels: int
+    timestamps: Literal["rope", "text", "none"]
+    """Where time goes: Qwen2.5-VL scales its temporal rotary positions by seconds ('rope'), Qwen3-VL
+    writes `<t seconds>` before each frame group ('text'), Qwen2-VL only counts frame groups ('none')."""
+
+
+@dataclass(frozen=True)
 class BlockShapes:
     """One stack of repeated transformer blocks (decoder or vision tower), as `qwenvl_ft.plan` reads it."""
 
@@ -137,6 +157,8 @@ class ModelFamily:
     chat: ClassVar[ChatFormat]
     boxes: ClassVar[BoxStyle]
     vision: ClassVar[VisionBudget]
+    video: ClassVar[VideoBudget | None] = None
+    """None: the generation takes no video."""
     lora_target_regex: ClassVar[str]
     """Regex (PEFT full-match) selecting every linear layer of the language model, none of the vision tower."""
     chat_template: ClassVar[str]
@@ -224,6 +246,7 @@ class ModelFamily:
         mm_token_type_ids: torch.Tensor,
         image_grid_thw: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Rotary positions of one sample on its own: (3, L) for mRoPE generations, (1, L) for 1-D rotary.
 
@@ -261,6 +284,10 @@ class ModelFamily:
             return self.vision.fixed_tokens
         h, w = self.resized_size(height, width, min_pixels, max_pixels)
         return (h // self.vision.factor) * (w // self.vision.factor)
+
+    def video_spans(self, grid: tuple[int, int, int], timestamps: list[float]) -> list[str | tuple[str, int]]:
+        """One video in the prompt: plain text, or (special token, repeat); `grid` is (t, h, w) patches."""
+        raise NotImplementedError(f"{self.title} takes no video input")
 
     # -- boxes -----------------------------------------------------------------------------
     def format_ref(self, text: str) -> str:

@@ -27,6 +27,8 @@ class VLProcessor:
     tokenizer: PreTrainedTokenizerBase
     image_processor: Any
     """transformers `Qwen2VLImageProcessorPil` configured for the family."""
+    video_config: Any = None
+    """The recipe's `data.video` (frame sampling and budgets); None: the generation's published rules."""
 
     @classmethod
     def from_pretrained(

@@ -6,6 +6,8 @@ Boxes: the same special tokens as Qwen2-VL, but in absolute pixels of the *resiz
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .base import BlockShapes, BoxStyle, Shapes
 from .qwen2_vl import SPECIAL_TOKEN_BOXES, SPECIAL_TOKENS, Qwen2VLFamily, text_shapes
 
@@ -28,6 +30,8 @@ class Qwen2_5_VLFamily(Qwen2VLFamily):
     liger_patch = "apply_liger_kernel_to_qwen2_5_vl"
     processor_class = "Qwen2_5_VLProcessor"
     special_tokens = SPECIAL_TOKENS_2_5
+    # Same sampling as Qwen2-VL; time enters the temporal rotary positions (`second_per_grid_ts`).
+    video = replace(Qwen2VLFamily.video, timestamps="rope")
     boxes = BoxStyle(coords="resized_pixels", **SPECIAL_TOKEN_BOXES)
     # config.json of the Qwen/ repositories (meta-device totals 3,754,622,976 and 8,292,166,656).
     published_sizes = {

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .base import BlockShapes, BoxStyle, ChatFormat, ModelFamily, ModulePaths, Shapes, VisionBudget
+from .base import (
+    BlockShapes,
+    BoxStyle,
+    ChatFormat,
+    ModelFamily,
+    ModulePaths,
+    Shapes,
+    VideoBudget,
+    VisionBudget,
+)
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -120,6 +129,15 @@ class Qwen2VLFamily(ModelFamily):
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
     )
+    video = VideoBudget(  # qwen-vl-utils' VIDEO_* constants for the 28-pixel generations
+        fps=2.0,
+        min_frames=4,
+        max_frames=768,
+        min_pixels=128 * 28 * 28,
+        max_pixels=768 * 28 * 28,
+        total_pixels=int(128000 * 28 * 28 * 0.9),
+        timestamps="none",
+    )
     lora_target_regex = LORA_TARGETS
     chat_template = CHAT_TEMPLATE
     # config.json of the Qwen/ repositories on the Hugging Face Hub (meta-device totals 2,208,985,600
@@ -157,7 +175,15 @@ class Qwen2VLFamily(ModelFamily):
 
         return Qwen2VLModel
 
-    def position_ids(self, config, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None):
+    def position_ids(
+        self,
+        config,
+        input_ids,
+        mm_token_type_ids,
+        image_grid_thw=None,
+        video_grid_thw=None,
+        second_per_grid_ts=None,
+    ):
         # transformers' own rope-index rules, called on a stand-in that holds only the config: the
         # method reads nothing else, and this runs in loader workers where no model exists.
         owner = self.rope_model_class()
@@ -175,8 +201,14 @@ class Qwen2VLFamily(ModelFamily):
             mm_token_type_ids=mm_token_type_ids[None],
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
+            second_per_grid_ts=second_per_grid_ts,  # Qwen2.5-VL's seconds per temporal patch; others ignore it
         )
         return positions[:, 0]
+
+    def video_spans(self, grid, timestamps):
+        t, h, w = grid
+        c = self.chat
+        return [(c.image_open, 1), (c.video_pad, t * h * w // self.vision.merge_size**2), (c.image_close, 1)]
 
     def shapes(self, config) -> Shapes:
         v = config.vision_config  # LayerNorm, fc1 -> QuickGELU -> fc2, fused qkv

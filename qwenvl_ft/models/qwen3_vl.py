@@ -6,7 +6,7 @@ the referring expression is written as plain text.
 
 from __future__ import annotations
 
-from .base import BlockShapes, BoxStyle, ChatFormat, ModulePaths, Shapes, VisionBudget
+from .base import BlockShapes, BoxStyle, ChatFormat, ModulePaths, Shapes, VideoBudget, VisionBudget
 from .qwen2_5_vl import SPECIAL_TOKENS_2_5
 from .qwen2_vl import TINY_MROPE, Qwen2VLFamily, text_shapes
 
@@ -70,6 +70,17 @@ VISION_3 = VisionBudget(
     image_std=(0.5, 0.5, 0.5),
 )
 
+# qwen-vl-utils for Qwen3-VL: the same token counts as before, on 32-pixel merged patches.
+VIDEO_3 = VideoBudget(
+    fps=2.0,
+    min_frames=4,
+    max_frames=768,
+    min_pixels=128 * 32 * 32,
+    max_pixels=768 * 32 * 32,
+    total_pixels=int(128000 * 32 * 32 * 0.9),
+    timestamps="text",
+)
+
 
 class Qwen3VLFamily(Qwen2VLFamily):
     name = "qwen3_vl"
@@ -82,6 +93,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
     chat = CHAT_3
     boxes = BOXES_3
     vision = VISION_3
+    video = VIDEO_3
     chat_template = CHAT_TEMPLATE_3
     # config.json of the Qwen/ repositories (meta-device totals 4,437,815,808 and 8,767,123,696).
     published_sizes = {
@@ -139,3 +151,18 @@ class Qwen3VLFamily(Qwen2VLFamily):
 
     def tiny_text_extra(self, tokenizer):
         return {"head_dim": 16}
+
+    def video_spans(self, grid, timestamps):
+        # As transformers' Qwen3VLProcessor expands the template's <|vision_start|><|video_pad|><|vision_end|>:
+        # each temporal patch gets its time as text and its own vision span, inside the outer pair.
+        t, h, w = grid
+        c, per_frame = self.chat, h * w // self.vision.merge_size**2
+        spans: list[str | tuple[str, int]] = [(c.image_open, 1)]
+        for seconds in timestamps:
+            spans += [
+                f"<{seconds:.1f} seconds>",
+                (c.image_open, 1),
+                (c.video_pad, per_frame),
+                (c.image_close, 1),
+            ]
+        return [*spans, (c.image_close, 1)]

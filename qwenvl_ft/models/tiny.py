@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .base import ModelFamily
 from .processor import VLProcessor
@@ -28,9 +29,17 @@ class TinyReport:
 
 
 def make_tiny(
-    family: ModelFamily, out_dir: str | Path, real_vocab: bool | None = None, seed: int = 0
+    family: ModelFamily,
+    out_dir: str | Path,
+    real_vocab: bool | None = None,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
 ) -> TinyReport:
-    """Build and save a random-initialised tiny checkpoint of `family` in `out_dir`."""
+    """Build and save a random-initialised tiny checkpoint of `family` in `out_dir`.
+
+    `overrides` sets config fields by dotted path before the model is built, e.g.
+    {"text_config.rope_parameters.rope_theta": 10.0}.
+    """
     import torch
     from transformers import GenerationConfig
 
@@ -38,6 +47,8 @@ def make_tiny(
     out = Path(out_dir)
     tokenizer = build_tokenizer(family.special_tokens, family.chat_template, real_vocab)
     config = family.tiny_config(tokenizer)
+    for key, value in (overrides or {}).items():
+        set_config_field(config, key, value)
     torch.manual_seed(seed)
     model = family.model_class()(config)
     model.generation_config = GenerationConfig(
@@ -55,6 +66,26 @@ def make_tiny(
         vocab_size=config.get_text_config().vocab_size,
         real_vocab=len(tokenizer) > 150000,
     )
+
+
+def set_config_field(config: Any, key: str, value: Any) -> None:
+    """Set `key` (dotted: sub-configs are attributes, rope parameters are dicts) on `config`."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part] if isinstance(node, dict) else getattr(node, part, None)
+        if node is None:
+            raise KeyError(f"config override {key!r}: no field {part!r}")
+    if isinstance(node, dict):
+        if leaf not in node:
+            raise KeyError(f"config override {key!r}: no field {leaf!r} (has {sorted(node)})")
+        node[leaf] = value
+    elif not hasattr(node, leaf):
+        raise KeyError(f"config override {key!r}: no field {leaf!r}")
+    else:
+        setattr(node, leaf, value)
+        if leaf == "num_hidden_layers" and getattr(node, "layer_types", None):
+            node.layer_types = [node.layer_types[0]] * value  # one attention type per layer
 
 
 def self_check(family: ModelFamily, model_dir: str | Path) -> float:

@@ -1,8 +1,10 @@
 """The Hugging Face `Trainer` with what vision-language fine-tuning needs on top:
 
 - optimizer groups with separate learning rates for vision tower, merger and language model;
-- the vision tower runs on every rank every step (a zero-weighted dummy image when a batch has
-  none), so ZeRO-3 / FSDP never hang on batches that mix samples with and without images;
+- the vision tower runs on every rank every step, as many times as the data has media kinds
+  (images, videos): a zero-weighted dummy image stands in for each kind a batch lacks, run
+  before the forward, so every rank makes the same sequence of ZeRO-3 / FSDP gathers and
+  none waits forever on batches that mix images, videos and text;
 - tokens per second and peak memory in every log line.
 """
 
@@ -31,9 +33,12 @@ class VLTrainer(Trainer):
         group_by_length: bool = False,
         loss: str = "standard",
         task_eval: TaskEval | None = None,
+        media_kinds: int = 1,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.media_kinds = max(1, media_kinds)
+        """Vision-tower calls per step on every rank: 2 when the data has both images and videos."""
         self.family, self.group_by_length, self.loss_impl = family, group_by_length, loss
         self.task_eval = task_eval
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
@@ -67,14 +72,22 @@ class VLTrainer(Trainer):
         # A tensor: no device sync on every step. Packed rows have no padding to leave out.
         mask = inputs.get("attention_mask")
         self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
+        # Dummy vision calls first, where a real one would run: the gathers keep the same order on every rank.
+        keepalive = None
+        if model.training:
+            missing = self.media_kinds - ("pixel_values" in inputs) - ("pixel_values_videos" in inputs)
+            base = self._base_model(model) if missing > 0 else None
+            for _ in range(missing):
+                zero = self.family.vision_keepalive(base)
+                keepalive = zero if keepalive is None else keepalive + zero
         if self.loss_impl == "standard" or "labels" not in inputs:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
         else:
             loss, outputs = self._head_loss(model, inputs, num_items_in_batch)
-        if model.training and "pixel_values" not in inputs:
-            loss = loss + self.family.vision_keepalive(self._base_model(model))
+        if keepalive is not None:
+            loss = loss + keepalive
         return (loss, outputs) if return_outputs else loss
 
     def _head_loss(self, model, inputs, num_items_in_batch):

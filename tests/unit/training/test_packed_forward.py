@@ -56,8 +56,33 @@ def conversations() -> list[tuple[Conversation, list[Image.Image]]]:
     return [(two, [red, noise]), (text, []), (box, [blue])]
 
 
+def video_encoding(processor, tmp_dir):
+    """A sample with an image and a 4-frame video (2 temporal patches): time in the positions
+    (Qwen2.5-VL) or in the text (Qwen3-VL) must survive packing too."""
+    pytest.importorskip("av")
+    from qwenvl_ft.config import VideoConfig
+    from qwenvl_ft.data.clips import load_clip, plan_clip
+    from qwenvl_ft.data.synthetic import moving_square_video
+
+    processor.video_config = VideoConfig(num_frames=4, min_pixels=3136, max_pixels=4096)
+    clip = load_clip(
+        plan_clip(moving_square_video(str(tmp_dir / "v.mp4"), frames=16, fps=4), processor), processor
+    )
+    green = Image.new("RGB", (56, 84), (30, 200, 30))
+    conv = Conversation(
+        "video",
+        [
+            Turn(
+                "user", [Segment("image", green), Segment("video", clip.path), Segment("text", "What moves?")]
+            ),
+            Turn("assistant", [Segment("text", "A red square, left to right.")]),
+        ],
+    )
+    return encode(conv, processor, [green], "all_assistant", [clip])
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
-def setup(request, tiny_model):
+def setup(request, tiny_model, tmp_path_factory):
     from transformers import AutoConfig
 
     family = get_family(request.param)
@@ -66,6 +91,8 @@ def setup(request, tiny_model):
     model = family.load_model(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
     config = AutoConfig.from_pretrained(path)
     encs = [encode(c, processor, images, "all_assistant") for c, images in conversations()]
+    if family.video is not None:
+        encs.insert(1, video_encoding(processor, tmp_path_factory.mktemp("video")))
     packed = [
         (
             e,
@@ -74,6 +101,8 @@ def setup(request, tiny_model):
                 torch.tensor(e.input_ids),
                 torch.tensor(e.mm_token_type_ids),
                 image_grid_thw=e.image_grid_thw,
+                video_grid_thw=e.video_grid_thw,
+                second_per_grid_ts=e.second_per_grid_ts,
             ),
         )
         for e in encs

@@ -1,0 +1,146 @@
+"""Training on videos mixed with images and text, through the real CLI: one process (padded and
+packed), two processes under DeepSpeed, and the vision-tower call order that keeps ZeRO-3 ranks
+in step when their batches hold different media."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("av")
+
+from qwenvl_ft.cli import main  # noqa: E402
+from qwenvl_ft.data.synthetic import moving_square_video, shapes_image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+# Small frames for every generation: 64x48 rounds to 56x56 (28-pixel patches) or 64x64 (32).
+VIDEO = ["data.video.num_frames=4", "data.video.min_pixels=3136", "data.video.max_pixels=4096"]
+
+
+def mixed_data(root: Path) -> Path:
+    """Videos alone, videos with an image, images alone and text alone."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, colour in enumerate(("red", "blue")):
+        moving_square_video(str(root / f"v{i}.mp4"), frames=12 + 6 * i, fps=6, colour=colour)
+        shapes_image(seed=i, size=(56, 56)).save(root / f"i{i}.png")
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "<video>What moves?"},
+                {"role": "assistant", "content": "A red square."},
+            ],
+            "videos": ["v0.mp4"],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "<video>What moves?"},
+                {"role": "assistant", "content": "A blue square."},
+            ],
+            "videos": ["v1.mp4"],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "<image>Same shapes as <video>?"},
+                {"role": "assistant", "content": "No."},
+            ],
+            "images": ["i0.png"],
+            "videos": ["v1.mp4"],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "<image>Describe."},
+                {"role": "assistant", "content": "Two shapes."},
+            ],
+            "images": ["i1.png"],
+        },
+        {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Count to three."},
+                {"role": "assistant", "content": "1 2 3"},
+            ]
+        },
+    ]
+    path = root / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def losses(out: Path) -> list[float]:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_trains_on_mixed_video_image_text_batches(tiny_model, tmp_path, family, packing):
+    data = mixed_data(tmp_path / "data")
+    out = tmp_path / "out"
+    args = [
+        "train",
+        str(REPO / f"recipes/tiny/{family}_lora.yaml"),
+        f"model.path={tiny_model(family)}",
+        f"output.dir={out}",
+        f"data.train=[{{path: {data}}}]",
+        "data.num_workers=0",
+        "train.max_steps=4",
+        "train.per_device_batch_size=3",
+        "train.save_steps=1000",
+        *VIDEO,
+    ]
+    if packing:
+        args += ["data.packing=true", "data.pack_length=512"]
+    assert main(args) == 0
+    got = losses(out)
+    assert len(got) == 4 and all(torch.isfinite(torch.tensor(got)))
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_mixed_video_batches_under_deepspeed(launch_train, tiny_model, tmp_path, stage):
+    pytest.importorskip("deepspeed")
+    data = mixed_data(tmp_path / "data")
+    out = tmp_path / "out"
+    launch_train(
+        2,
+        str(REPO / "recipes/tiny/qwen2_5_vl_lora.yaml"),
+        f"model.path={tiny_model('qwen2_5_vl')}",
+        f"output.dir={out}",
+        f"data.train=[{{path: {data}}}]",
+        "data.num_workers=0",
+        "train.max_steps=3",
+        "train.per_device_batch_size=2",
+        "train.save_steps=1000",
+        f"train.deepspeed=configs/deepspeed/{stage}.json",
+        *VIDEO,
+    )
+    got = losses(out)
+    assert len(got) == 3 and all(torch.isfinite(torch.tensor(got)))
+
+
+def test_every_batch_calls_the_vision_tower_as_often_and_first(tiny_model, tmp_path):
+    """With images and videos in the data, each step runs the vision tower twice, before the language
+    model, whatever the batch holds: the order of ZeRO-3 gathers is then the same on every rank."""
+    from qwenvl_ft.models import get_family
+    from qwenvl_ft.training.trainer import VLTrainer
+
+    family = get_family("qwen2_5_vl")
+    model = family.load_model(str(tiny_model("qwen2_5_vl")), dtype=torch.float32).train()
+    calls: list[str] = []
+    model.model.visual.register_forward_hook(lambda *_: calls.append("vision"))
+    model.model.language_model.register_forward_hook(lambda *_: calls.append("language"))
+
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = VLTrainer(model=model, args=args, family=family, vision_lr=None, merger_lr=None, media_kinds=2)
+    ids = torch.tensor([[151644, 872, 198, 9707, 151645]])
+    text_only = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    trainer.compute_loss(model, text_only)
+    assert calls == ["vision", "vision", "language"]
+    calls.clear()
+    trainer.media_kinds = 1  # image-only data: one dummy call for a text-only batch
+    trainer.compute_loss(model, text_only)
+    assert calls == ["vision", "language"]
