@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .video import (
     FrameRules,
     VideoError,
+    patch_timestamps,
     probe,
     read_frames,
     resized_frame_size,
@@ -45,11 +46,8 @@ class VideoClip:
 
     @property
     def timestamps(self) -> list[float]:
-        """Seconds of each temporal patch: the mean of its first and last frame (Qwen3-VL's rule;
-        a group short of frames repeats the last one, as the frames themselves are padded)."""
-        k = self.temporal_patch
-        idx = self.indices + [self.indices[-1]] * (-len(self.indices) % k)
-        return [(idx[i] + idx[i + k - 1]) / 2 / self.fps for i in range(0, len(idx), k)]
+        """Seconds of each temporal patch (Qwen3-VL's rule: the mean of its first and last frame)."""
+        return patch_timestamps(self.indices, self.fps, self.temporal_patch)
 
     @property
     def seconds_per_grid(self) -> float:
@@ -68,8 +66,8 @@ def frame_rules(processor: VLProcessor) -> FrameRules:
     budget, vision = family.video, family.vision
     if budget is None:
         raise VideoError(f"{family.title} takes no video input")
-    cfg: VideoConfig | Any = processor.video_config
-    pick = lambda name, default: default if cfg is None or getattr(cfg, name) is None else getattr(cfg, name)  # noqa: E731
+    cfg = _config(processor)
+    pick = lambda name, default: default if getattr(cfg, name) is None else getattr(cfg, name)  # noqa: E731
     return FrameRules(
         fps=pick("fps", budget.fps),
         min_frames=pick("min_frames", budget.min_frames),
@@ -89,13 +87,12 @@ def plan_clip(source: Any, processor: VLProcessor) -> VideoClip:
     """
     if not isinstance(source, str):
         raise VideoError(f"a video must be a file or a folder of frames, got {type(source).__name__}")
-    cfg = processor.video_config
-    timeout = cfg.decode_timeout if cfg is not None else 60.0
-    folder_fps = cfg.folder_fps if cfg is not None else 2.0
+    cfg = _config(processor)
     rules = frame_rules(processor)
-    info = probe(source, timeout=timeout, folder_fps=folder_fps)
-    num_frames = cfg.num_frames if cfg is not None else None
-    indices = sample_indices(info, rules, num_frames=num_frames, fps=None if num_frames else rules.fps)
+    info = probe(source, timeout=cfg.decode_timeout, folder_fps=cfg.folder_fps)
+    indices = sample_indices(
+        info, rules, num_frames=cfg.num_frames, fps=None if cfg.num_frames else rules.fps
+    )
     if not indices:
         raise VideoError(f"{source}: no frame to sample ({info.frames} frames at {info.fps:g} fps)")
     height, width = resized_frame_size(info, len(indices), rules)
@@ -114,13 +111,8 @@ def plan_clip(source: Any, processor: VLProcessor) -> VideoClip:
 
 def load_clip(clip: VideoClip, processor: VLProcessor) -> VideoClip:
     """The planned clip with its pixel values (decoded, resized, normalised and patchified)."""
-    cfg = processor.video_config
-    frames = read_frames(
-        clip.path,
-        clip.indices,
-        timeout=cfg.decode_timeout if cfg is not None else 60.0,
-        folder_fps=cfg.folder_fps if cfg is not None else 2.0,
-    )
+    cfg = _config(processor)
+    frames = read_frames(clip.path, clip.indices, timeout=cfg.decode_timeout, folder_fps=cfg.folder_fps)
     v, ip = processor.family.vision, processor.image_processor
     # The checkpoint's normalisation, as its images get (Qwen3-VL: 0.5; earlier: CLIP's).
     pixels, grid = video_patches(
@@ -129,3 +121,9 @@ def load_clip(clip: VideoClip, processor: VLProcessor) -> VideoClip:
     if tuple(grid) != clip.grid:
         raise VideoError(f"{clip.path}: decoded to a {grid} patch grid but the plan said {clip.grid}")
     return replace(clip, pixel_values=pixels)
+
+
+def _config(processor: VLProcessor) -> VideoConfig:
+    from ..config import VideoConfig
+
+    return processor.video_config or VideoConfig()
