@@ -36,4 +36,19 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO if is_main_process() else logging.WARNING, format="[qwenvl-ft] %(message)s"
     )
     train(load_recipe(args.recipe, args.overrides))
+    shutdown_distributed()  # after success only: on an error a barrier would wait for ranks that died
     return 0
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down before the interpreter does.
+
+    Left to exit, a rank that finishes first closes its sockets while another rank's gloo/NCCL
+    threads are still live, and that rank dies with `terminate called without an active exception`
+    (SIGABRT) after a successful run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -31,6 +31,10 @@ class ModulePaths:
     """The language model (decoder blocks, norms, embeddings)."""
     embeddings: str
     lm_head: str
+    after_vision: str
+    """The first module called once the visual features are in the embeddings, with those embeddings
+    as `inputs_embeds` or its first argument, outside activation checkpointing: dummy vision calls run
+    in its forward pre-hook, inside the model's forward like real ones."""
 
 
 @dataclass(frozen=True)
@@ -224,8 +228,9 @@ class ModelFamily:
     def vision_keepalive(self, model: torch.nn.Module) -> torch.Tensor:
         """A zero that depends on every vision-tower and merger parameter, from a 2x2-patch dummy image.
 
-        Added to the loss of a batch without images, so every rank runs the vision tower every step:
-        under ZeRO-3 / FSDP a rank that skipped it would wait forever for the others' all-gathers.
+        Stands in for a media kind a batch lacks (training.keepalive), so every rank runs the vision
+        tower as often every step: under ZeRO-3 / FSDP a rank that skipped it would wait forever for
+        the others' all-gathers.
         """
         import torch
 

@@ -62,6 +62,7 @@ PATHS = ModulePaths(
     language=("model.language_model",),
     embeddings="model.language_model.embed_tokens",
     lm_head="lm_head",
+    after_vision="model.language_model",
 )
 
 CHAT = ChatFormat(

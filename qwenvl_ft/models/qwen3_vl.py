@@ -43,6 +43,7 @@ PATHS_3 = ModulePaths(
     language=("model.language_model",),
     embeddings="model.language_model.embed_tokens",
     lm_head="lm_head",
+    after_vision="model.language_model",
 )
 
 CHAT_3 = ChatFormat(

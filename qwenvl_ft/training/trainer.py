@@ -3,8 +3,9 @@
 - optimizer groups with separate learning rates for vision tower, merger and language model;
 - the vision tower runs on every rank every step, as many times as the data has media kinds
   (images, videos): a zero-weighted dummy image stands in for each kind a batch lacks, run
-  before the forward, so every rank makes the same sequence of ZeRO-3 / FSDP gathers and
-  none waits forever on batches that mix images, videos and text;
+  inside the forward where a real call would be (keepalive.py), so every rank makes the same
+  sequence of ZeRO-3 / FSDP gathers and none waits forever on batches that mix images, videos
+  and text;
 - tokens per second and peak memory in every log line.
 """
 
@@ -18,6 +19,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..models.base import ModelFamily
+from .keepalive import VisionKeepalive
 from .loss import loss_in_head
 from .modules import param_groups
 from .task_eval import TaskEval
@@ -44,6 +46,7 @@ class VLTrainer(Trainer):
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
         self._tokens = 0
         self._last_log = time.perf_counter()
+        self.keepalive = VisionKeepalive(family, self._base_model(self.model))
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -72,22 +75,16 @@ class VLTrainer(Trainer):
         # A tensor: no device sync on every step. Packed rows have no padding to leave out.
         mask = inputs.get("attention_mask")
         self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
-        # Dummy vision calls first, where a real one would run: the gathers keep the same order on every rank.
-        keepalive = None
-        if model.training:
-            missing = self.media_kinds - ("pixel_values" in inputs) - ("pixel_values_videos" in inputs)
-            base = self._base_model(model) if missing > 0 else None
-            for _ in range(missing):
-                zero = self.family.vision_keepalive(base)
-                keepalive = zero if keepalive is None else keepalive + zero
+        # Evaluation too: its forwards gather parameters the same way.
+        self.keepalive.expect(
+            self.media_kinds - ("pixel_values" in inputs) - ("pixel_values_videos" in inputs)
+        )
         if self.loss_impl == "standard" or "labels" not in inputs:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
         else:
             loss, outputs = self._head_loss(model, inputs, num_items_in_batch)
-        if keepalive is not None:
-            loss = loss + keepalive
         return (loss, outputs) if return_outputs else loss
 
     def _head_loss(self, model, inputs, num_items_in_batch):

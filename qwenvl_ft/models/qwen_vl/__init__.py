@@ -49,6 +49,7 @@ class QwenVLFamily(ModelFamily):
         language=("transformer.wte", "transformer.h", "transformer.ln_f"),
         embeddings="transformer.wte",
         lm_head="lm_head",
+        after_vision="transformer.drop",  # the dropout after the images are placed, before the blocks
     )
     chat = ChatFormat(
         default_system="You are a helpful assistant.",
