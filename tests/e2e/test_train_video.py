@@ -105,10 +105,12 @@ def test_trains_on_mixed_video_image_text_batches(tiny_model, tmp_path, family, 
         # Ranks get different batches (video+image on one, image or text on the other): ZeRO-3
         # hangs unless both call the vision tower as often and in the same place.
         "zero3",
+        "fsdp",
     ],
 )
-def test_mixed_video_batches_under_deepspeed(launch_train, tiny_model, tmp_path, stage):
-    pytest.importorskip("deepspeed")
+def test_mixed_video_batches_under_deepspeed_and_fsdp(launch_train, tiny_model, tmp_path, stage):
+    if stage != "fsdp":
+        pytest.importorskip("deepspeed")
     data = mixed_data(tmp_path / "data")
     out = tmp_path / "out"
     launch_train(
@@ -121,7 +123,7 @@ def test_mixed_video_batches_under_deepspeed(launch_train, tiny_model, tmp_path,
         "train.max_steps=3",
         "train.per_device_batch_size=2",
         "train.save_steps=1000",
-        f"train.deepspeed=configs/deepspeed/{stage}.json",
+        "train.fsdp=true" if stage == "fsdp" else f"train.deepspeed=configs/deepspeed/{stage}.json",
         *VIDEO,
     )
     got = losses(out)
