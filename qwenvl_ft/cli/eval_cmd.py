@@ -1,6 +1,8 @@
-"""`qwenvl-ft eval PREDICTIONS.jsonl [--task vqa|caption|ocr] [--output report.json]`: task metrics.
+"""`qwenvl-ft eval SOURCE [--data DATA] [--task vqa|caption|ocr] [--output report.json]`: task metrics.
 
-PREDICTIONS is what `qwenvl-ft predict` writes. Lines whose reference has boxes are scored as
+SOURCE is either a predictions JSONL (what `qwenvl-ft predict` writes) or a model: a base or
+merged checkpoint, or a run / checkpoint directory, which first generates answers for --data
+(greedy, as `qwenvl-ft predict`) and is then scored. Lines whose reference has boxes are scored as
 grounding (IoU and accuracy at IoU 0.5 / 0.75, boxes read back to pixels in the generation's
 own convention); the other lines by --task: vqa (normalised exact match, VQAv2 accuracy when a
 line has several `answers`), caption (CIDEr-D, BLEU) or ocr (character error rate).
@@ -10,18 +12,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="score a predictions file (grounding, VQA, captions, OCR)",
+        help="score predictions, or a model on a dataset (grounding, VQA, captions, OCR)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("predictions", help="JSONL written by qwenvl-ft predict")
+    p.add_argument("source", help="predictions JSONL, or a model / run directory (then --data)")
     p.add_argument("--task", choices=["vqa", "caption", "ocr"], default="vqa", help="metric for text answers")
     p.add_argument("--output", help="write the report as JSON here")
+    m = p.add_argument_group("with a model as SOURCE")
+    m.add_argument("--data", help="dataset to generate answers for (any format `data check` reads)")
+    m.add_argument(
+        "--predictions", help="keep the generated answers here (default: a temporary file, removed)"
+    )
+    m.add_argument("--max-new-tokens", type=int, default=128)
+    m.add_argument("--batch-size", type=int, default=8)
+    m.add_argument("--limit", type=int, help="only the first N samples")
+    m.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    m.add_argument("--base", help="base model directory, overriding the one a LoRA run recorded")
     p.set_defaults(func=run)
 
 
@@ -29,10 +43,33 @@ def run(args: argparse.Namespace) -> int:
     from ..eval import format_table
     from ..eval.report import read_predictions, score
 
-    report = score(read_predictions(args.predictions), args.task)
+    source = Path(args.source)
+    if not source.exists():
+        raise SystemExit(f"eval: {source} does not exist")
+    if source.is_dir():
+        if not args.data:
+            raise SystemExit(
+                f"eval: {source} is a model directory: give the dataset to score it on with --data"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            # A fresh file unless asked: `predict` resumes, and stale answers must not be scored.
+            preds = Path(args.predictions) if args.predictions else Path(tmp) / "predictions.jsonl"
+            report = score(read_predictions(_predict(args, source, preds)), args.task)
+    elif args.data:
+        raise SystemExit(f"eval: {source} is a predictions file; --data is only for a model directory")
+    else:
+        report = score(read_predictions(source), args.task)
     print(format_table(report))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
     return 0
+
+
+def _predict(args: argparse.Namespace, model: Path, out: Path) -> Path:
+    from ..infer import Predictor
+    from ..predict import predict
+
+    predictor = Predictor.load(str(model), dtype=args.dtype, base=args.base)
+    return Path(predict(predictor, args.data, str(out), args.max_new_tokens, args.batch_size, args.limit))

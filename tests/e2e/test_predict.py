@@ -38,6 +38,16 @@ def test_batched_generation_equals_one_by_one(tiny_model):
     )
 
 
+def test_first_generation_generates_in_batches(tiny_model):
+    """Qwen-VL takes the shared batch (with mm_token_type_ids) in generate(), as in training."""
+    predictor = Predictor.load(tiny_model("qwen_vl"), device="cpu")
+    red = Image.new("RGB", (100, 80), (200, 10, 10))
+    ask = Conversation("a", [Turn("user", [Segment("image", red), Segment("text", "Where is it?")])])
+    hi = Conversation("b", [Turn("user", [Segment("text", "Hi")])])
+    together = predictor.generate([(ask, [red]), (hi, [])], max_new_tokens=4)
+    assert together == [predictor.generate([s], max_new_tokens=4)[0] for s in [(ask, [red]), (hi, [])]]
+
+
 def test_predict_writes_a_line_per_sample_and_resumes(tiny_model, tmp_path):
     out = tmp_path / "preds.jsonl"
     args = [
@@ -65,3 +75,27 @@ def test_predict_writes_a_line_per_sample_and_resumes(tiny_model, tmp_path):
     assert [r["id"] for r in again] == [r["id"] for r in lines]
     assert [r["prediction"] for r in again] == [r["prediction"] for r in lines]  # greedy: deterministic
     assert all(r["prediction"] for r in again)
+
+
+def test_eval_scores_a_model_directly(tiny_model, tmp_path, capsys):
+    """`eval MODEL --data` generates and scores in one go; the grounding lines are the box samples."""
+    report = tmp_path / "r.json"
+    args = ["eval", str(tiny_model("qwen2_5_vl")), "--data", str(DEMO), "--dtype", "fp32"]
+    assert main([*args, "--max-new-tokens", "4", "--task", "caption", "--output", str(report)]) == 0
+    scores = json.loads(report.read_text())
+    boxes = sum(1 for line in DEMO.read_text().splitlines() if '"bbox"' in line)
+    assert scores["grounding"]["n"] == boxes and scores["caption"]["n"] == 8 - boxes
+    assert "grounding.acc@0.5" in capsys.readouterr().out
+
+
+def test_eval_says_what_is_missing(tiny_model, tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="--data"):
+        main(["eval", str(tiny_model("qwen2_5_vl"))])
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("")
+    with pytest.raises(SystemExit, match="predictions file"):
+        main(["eval", str(preds), "--data", str(DEMO)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["eval", str(tmp_path / "nope.jsonl")])

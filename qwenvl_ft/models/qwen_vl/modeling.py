@@ -261,6 +261,7 @@ class QWenLMHeadModel(QWenPreTrainedModel, GenerationMixin):
         pixel_values=None,
         use_cache=None,
         logits_to_keep: int = 0,
+        mm_token_type_ids=None,  # named so generate() accepts the shared batches; 1-D positions need none
         **kwargs,
     ) -> CausalLMOutputWithPast:
         out = self.transformer(
