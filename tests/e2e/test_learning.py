@@ -8,9 +8,10 @@ model and the best fixed box (the most frequent training box).
 Everything the language model learns goes through the code under test: data loading, the chat
 template, the assistant-only label mask, box conversion to the family's convention, rotary
 positions, the trainer, `qwenvl-ft eval` on a model (generation, box parsing back to pixels, IoU).
-Boxes written in one convention and read back in another, a label mask that leaves the answer
-unsupervised, or image features that never reach the language model keep accuracy at the
-fixed-box level or below. (Unit tests pin each of those parts against hand-worked values.)
+Two deliberate bugs, each run once on Qwen3-VL, made this test fail: labels shifted by one token
+(a double shift) gave 0.000, and x and y swapped when boxes are written gave 0.141, the fixed-box
+level. Unit tests pin each part against hand-worked values; this test checks that they work
+together.
 
 The vision tower is a stand-in for a pretrained one. A random tiny ViT's features barely depend
 on the image (measured: the colour of the shape could not be learned from them in 300 steps), and
