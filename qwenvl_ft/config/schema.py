@@ -20,6 +20,14 @@ class ConfigError(ValueError):
     """A recipe or override that cannot be used; the message names the key and the source."""
 
 
+def require_positive(section: str, config: object, *names: str) -> None:
+    """ConfigError naming `section.name` for each of `names` set (not None) to zero or less."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"'{section}.{name}' must be positive, got {value}")
+
+
 def zero_stage(path: str) -> int:
     """The ZeRO stage a DeepSpeed JSON asks for (0 when it has no zero_optimization section)."""
     try:
@@ -52,10 +60,7 @@ class ModelConfig:
     def validate(self) -> None:
         if not self.path:
             raise ConfigError("'model.path' is required: the checkpoint directory to fine-tune")
-        for name in ("min_pixels", "max_pixels"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"'model.{name}' must be positive, got {value}")
+        require_positive("model", self, "min_pixels", "max_pixels")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ConfigError(
                 f"'model.min_pixels' ({self.min_pixels}) is larger than 'model.max_pixels' ({self.max_pixels})"
@@ -104,7 +109,9 @@ class VideoConfig:
     def validate(self) -> None:
         if self.fps is not None and self.num_frames is not None:
             raise ConfigError("'data.video.fps' and 'data.video.num_frames' exclude each other: set one")
-        for name in (
+        require_positive(
+            "data.video",
+            self,
             "fps",
             "num_frames",
             "min_frames",
@@ -112,16 +119,13 @@ class VideoConfig:
             "min_pixels",
             "max_pixels",
             "total_pixels",
-        ):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"'data.video.{name}' must be positive, got {value}")
+            "folder_fps",
+            "decode_timeout",
+        )
         if self.min_frames and self.max_frames and self.min_frames > self.max_frames:
             raise ConfigError(
                 f"'data.video.min_frames' ({self.min_frames}) exceeds 'data.video.max_frames' ({self.max_frames})"
             )
-        if self.folder_fps <= 0 or self.decode_timeout <= 0:
-            raise ConfigError("'data.video.folder_fps' and 'data.video.decode_timeout' must be positive")
 
 
 @dataclass
@@ -237,10 +241,7 @@ class TrainConfig:
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
 
     def validate(self) -> None:
-        for name in ("learning_rate", "vision_lr", "merger_lr"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"'train.{name}' must be positive, got {value}")
+        require_positive("train", self, "learning_rate", "vision_lr", "merger_lr")
         if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError(
                 "'train.per_device_batch_size' and 'train.gradient_accumulation_steps' must be >= 1"

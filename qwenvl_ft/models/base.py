@@ -108,6 +108,20 @@ class VideoBudget:
     """Where time goes: Qwen2.5-VL scales its temporal rotary positions by seconds ('rope'), Qwen3-VL
     writes `<t seconds>` before each frame group ('text'), Qwen2-VL only counts frame groups ('none')."""
 
+    @classmethod
+    def qwen_vl_utils(cls, factor: int, timestamps: Literal["rope", "text", "none"]) -> VideoBudget:
+        """qwen-vl-utils' VIDEO_* constants for merged patches of `factor` pixels (28, or 32 for Qwen3-VL)."""
+        area = factor * factor
+        return cls(
+            fps=2.0,
+            min_frames=4,
+            max_frames=768,
+            min_pixels=128 * area,
+            max_pixels=768 * area,
+            total_pixels=int(128000 * area * 0.9),
+            timestamps=timestamps,
+        )
+
 
 @dataclass(frozen=True)
 class BlockShapes:
@@ -189,6 +203,10 @@ class ModelFamily:
 
         self.require_supported()
         return VLProcessor.from_pretrained(self, path, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    def image_processor_for(self, config: PretrainedConfig):
+        """A fresh image processor for a checkpoint built from `config` (make-tiny): the published settings."""
+        return self.image_processor(None)
 
     def image_processor(self, path: str | None):
         """The image processor: the checkpoint's (path) or a fresh one with the published settings (None)."""

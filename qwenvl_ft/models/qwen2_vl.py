@@ -130,15 +130,7 @@ class Qwen2VLFamily(ModelFamily):
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
     )
-    video = VideoBudget(  # qwen-vl-utils' VIDEO_* constants for the 28-pixel generations
-        fps=2.0,
-        min_frames=4,
-        max_frames=768,
-        min_pixels=128 * 28 * 28,
-        max_pixels=768 * 28 * 28,
-        total_pixels=int(128000 * 28 * 28 * 0.9),
-        timestamps="none",
-    )
+    video = VideoBudget.qwen_vl_utils(28, timestamps="none")
     lora_target_regex = LORA_TARGETS
     chat_template = CHAT_TEMPLATE
     # config.json of the Qwen/ repositories on the Hugging Face Hub (meta-device totals 2,208,985,600

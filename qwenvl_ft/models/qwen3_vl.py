@@ -72,15 +72,7 @@ VISION_3 = VisionBudget(
 )
 
 # qwen-vl-utils for Qwen3-VL: the same token counts as before, on 32-pixel merged patches.
-VIDEO_3 = VideoBudget(
-    fps=2.0,
-    min_frames=4,
-    max_frames=768,
-    min_pixels=128 * 32 * 32,
-    max_pixels=768 * 32 * 32,
-    total_pixels=int(128000 * 32 * 32 * 0.9),
-    timestamps="text",
-)
+VIDEO_3 = VideoBudget.qwen_vl_utils(32, timestamps="text")
 
 
 class Qwen3VLFamily(Qwen2VLFamily):

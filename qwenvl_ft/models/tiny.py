@@ -59,7 +59,7 @@ def make_tiny(
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    VLProcessor.for_family(family, tokenizer).save_pretrained(out)
+    VLProcessor(family, tokenizer, family.image_processor_for(config)).save_pretrained(out)
     return TinyReport(
         path=out,
         parameters=sum(p.numel() for p in model.parameters()),

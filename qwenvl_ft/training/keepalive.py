@@ -24,7 +24,7 @@ class VisionKeepalive:
         self.pending = 0
         target = model.get_submodule(family.paths.after_vision)
         # prepend: before any gather hook a wrapper (DeepSpeed, FSDP) registers on the same module.
-        self.handle = target.register_forward_pre_hook(self._hook, with_kwargs=True, prepend=True)
+        target.register_forward_pre_hook(self._hook, with_kwargs=True, prepend=True)
 
     def expect(self, count: int) -> None:
         self.pending = count
@@ -39,6 +39,3 @@ class VisionKeepalive:
         else:
             args = (args[0] + zero.to(args[0].dtype), *args[1:])
         return args, kwargs
-
-    def remove(self) -> None:
-        self.handle.remove()

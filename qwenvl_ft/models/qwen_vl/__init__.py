@@ -103,6 +103,11 @@ class QwenVLFamily(ModelFamily):
 
         return QwenVLImageProcessor.from_pretrained(path) if path is not None else QwenVLImageProcessor()
 
+    def image_processor_for(self, config):
+        from .image_processing import QwenVLImageProcessor
+
+        return QwenVLImageProcessor(config.visual["image_size"])  # a tower built smaller resizes smaller
+
     def vision_keepalive(self, model):
         import torch
 

@@ -255,3 +255,23 @@ def test_original_layout_with_qwen_tiktoken_loads(model_dir, tmp_path):
     )
     model = fam.load_model(str(original), dtype=torch.float32)  # no remote code, original config fields kept
     assert model.config.use_logn_attn is True
+
+
+def test_make_tiny_overrides_reach_the_config_and_the_processor(tmp_path):
+    """A tower built for 112-px images gets a processor that resizes to 112 px, not the published 448."""
+    from PIL import Image
+
+    from qwenvl_ft.models.tiny import make_tiny
+
+    fam = get_family("qwen_vl")
+    out = tmp_path / "m"
+    make_tiny(fam, out, real_vocab=False, overrides={"visual.image_size": 112, "num_hidden_layers": 1})
+    config = json.loads((out / "config.json").read_text())
+    assert config["visual"]["image_size"] == 112 and config["num_hidden_layers"] == 1
+    pixels = fam.load_processor(str(out)).images([Image.new("RGB", (300, 200))])["pixel_values"]
+    assert pixels.shape == (1, 3, 112, 112)
+    model = fam.load_model(str(out), dtype=torch.float32)
+    assert model.transformer.visual(pixels).shape[1] == 256  # the resampler still gives 256 tokens
+    for bad in ("visual.nope", "nope.image_size"):
+        with pytest.raises(KeyError, match=bad.split(".")[-1] if bad.startswith("visual") else "nope"):
+            make_tiny(fam, tmp_path / "bad", real_vocab=False, overrides={bad: 1})
