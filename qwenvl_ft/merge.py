@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .models import get_family
 from .models.base import ModelFamily
-from .training.setup import DTYPES, METADATA_FILE
+from .training.setup import DTYPES, METADATA_FILE, checkpoint_meta
 
 # Unit roundoff per dtype; verification allows VERIFY_FACTOR of them relative to the logit scale.
 ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
@@ -83,6 +83,12 @@ def merge(
     base_path = Path(base or meta["base_model"])
     if not (base_path / "config.json").is_file():
         raise MergeError(f"base model {base_path} not found (was the run moved?): pass --base DIR")
+    quantized = checkpoint_meta(base_path).get("quantized")
+    if quantized and source_kind(run_dir) == "lora":
+        raise MergeError(
+            f"base model {base_path} is quantized ({quantized}): an adapter merges into 16-bit weights "
+            "only; pass --base with the unquantized model (for Qwen-VL-Chat-Int4: Qwen-VL-Chat)"
+        )
     out = Path(output) if output else run_dir.parent / f"{run_dir.name}-merged"
     if out.exists() and any(out.iterdir()) and not force:
         raise MergeError(f"{out} is not empty: pass --force to replace it")

@@ -34,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="use a small offline BPE (1k tokens) with the same special tokens",
     )
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument(
+        "--int4",
+        action="store_true",
+        help="save as a GPTQ 4-bit checkpoint laid out like the published one (qwen_vl: Qwen-VL-Chat-Int4); "
+        "loading it needs qwenvl-ft[gptq]",
+    )
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
     p.add_argument("--no-check", action="store_true", help="skip the reload + forward/backward self-check")
     p.set_defaults(func=make_tiny)
@@ -47,10 +53,12 @@ def make_tiny(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to overwrite it")
-    report = build(family, out, real_vocab=args.real_vocab, seed=args.seed)
+    report = build(family, out, real_vocab=args.real_vocab, seed=args.seed, int4=args.int4)
     vocab = "real Qwen vocabulary" if report.real_vocab else "small offline BPE"
+    int4 = ", GPTQ 4-bit decoder blocks" if args.int4 else ""
     print(
-        f"built tiny {family.title}: {report.parameters / 1e6:.1f} M parameters, vocab {report.vocab_size} ({vocab})"
+        f"built tiny {family.title}: {report.parameters / 1e6:.1f} M parameters, vocab {report.vocab_size} "
+        f"({vocab}){int4}"
     )
     if not args.no_check:
         loss = self_check(family, out)

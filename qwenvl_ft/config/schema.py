@@ -195,6 +195,9 @@ class LoraConfig:
 class QuantConfig:
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
+    gptq_backend: str = "auto_trainable"
+    """GPTQ checkpoints (Qwen-VL-Chat-Int4): the gptqmodel kernel. Training needs one with a backward
+    pass; `auto_trainable` picks the fastest such kernel (never Marlin / ExLlama)."""
 
     def validate(self) -> None:
         pass

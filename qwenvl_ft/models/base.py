@@ -187,6 +187,9 @@ class ModelFamily:
     unsupported_reason: ClassVar[str] = ""
     published_sizes: ClassVar[dict[str, str]] = {}
     """Published checkpoints whose config.json ships in `models/published/`: model name -> JSON stem."""
+    gptq_blocks: ClassVar[str | None] = None
+    """The decoder blocks whose linear layers the generation's published GPTQ checkpoint quantizes
+    (its config: `published/<name>-int4.json`); None where no GPTQ checkpoint is modelled."""
 
     # -- loading ---------------------------------------------------------------------------
     def model_class(self) -> type[PreTrainedModel]:

@@ -34,16 +34,22 @@ def make_tiny(
     real_vocab: bool | None = None,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
+    int4: bool = False,
 ) -> TinyReport:
     """Build and save a random-initialised tiny checkpoint of `family` in `out_dir`.
 
     `overrides` sets config fields by dotted path before the model is built, e.g.
-    {"text_config.rope_parameters.rope_theta": 10.0}.
+    {"text_config.rope_parameters.rope_theta": 10.0}. `int4` saves it as a GPTQ checkpoint laid out
+    like the generation's published one (Qwen-VL-Chat-Int4).
     """
     import torch
     from transformers import GenerationConfig
 
     family.require_supported()
+    if int4:
+        from .gptq import published_quantization
+
+        published_quantization(family)  # fails before building when the generation has no GPTQ layout
     out = Path(out_dir)
     tokenizer = build_tokenizer(family.special_tokens, family.chat_template, real_vocab)
     config = family.tiny_config(tokenizer)
@@ -59,6 +65,10 @@ def make_tiny(
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    if int4:
+        from .gptq import quantize_checkpoint
+
+        quantize_checkpoint(model, family, out)
     VLProcessor(family, tokenizer, family.image_processor_for(config)).save_pretrained(out)
     return TinyReport(
         path=out,

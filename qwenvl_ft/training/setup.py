@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..config import ConfigError, RecipeConfig
 from ..models.base import ModelFamily
+from ..models.gptq import GPTQError, gptq_config, quantized_kernels, trains
 from .modules import parameter_bytes, set_trainable
 
 log = logging.getLogger("qwenvl_ft")
@@ -101,12 +103,43 @@ def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
             # Full module paths: a bare "visual" no longer matches in transformers 5 (shared NOTES).
             llm_int8_skip_modules=[family.paths.vision, family.paths.lm_head],
         )
-    model = family.load_model(cfg.model.path, dtype=dtype, **kwargs)
+    gptq = checkpoint_meta(cfg.model.path).get("quantized") == "gptq"
+    if gptq:  # check_compatible allows only LoRA on it
+        kwargs["quantization_config"] = gptq_loading(cfg)
+    with warnings.catch_warnings():
+        # transformers warns that our GPTQConfig meets the checkpoint's: only the kernel is ours, by design.
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        model = family.load_model(cfg.model.path, dtype=dtype, **kwargs)
+    if gptq:
+        check_gptq_kernels(model, cfg)
     if cfg.train.liger and not family.apply_liger(model):
         log.info(f"Liger has no kernels for {family.title}: only its fused linear cross-entropy is used")
     if cfg.train.freeze_vision:
         keep_frozen_vision_out_of_backward(model, family)
     return model
+
+
+def gptq_loading(cfg: RecipeConfig):
+    """The checkpoint's GPTQ settings with a kernel that can train (`quant.gptq_backend`)."""
+    config = json.loads((Path(cfg.model.path) / "config.json").read_text())
+    try:
+        return gptq_config(config, cfg.quant.gptq_backend)
+    except GPTQError as e:
+        raise ConfigError(f"{cfg.model.path}: {e}") from None
+
+
+def check_gptq_kernels(model: torch.nn.Module, cfg: RecipeConfig) -> None:
+    """Refuse kernels without a backward pass: LoRA layers below them would silently get no gradient."""
+    kernels = quantized_kernels(model)
+    bad = [f"{k.__name__} ({len(v)} layers)" for k, v in kernels.items() if not trains(k)]
+    if bad:
+        raise ConfigError(
+            f"{cfg.model.path}: the GPTQ kernel {', '.join(bad)} has no backward pass, so LoRA cannot "
+            f"train through it (quant.gptq_backend: {cfg.quant.gptq_backend}); use quant.gptq_backend: "
+            "auto_trainable"
+        )
+    count = sum(len(v) for v in kernels.values())
+    log.info(f"GPTQ checkpoint: {count} quantized layers, kernel {', '.join(k.__name__ for k in kernels)}")
 
 
 def keep_frozen_vision_out_of_backward(model: torch.nn.Module, family: ModelFamily) -> None:

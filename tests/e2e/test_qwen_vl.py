@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data/demo/demo.jsonl"
 
 
-def run(model_dir, out, *extra):
-    cfg = load_recipe(
+def recipe(model_dir, out, *extra):
+    """The tiny Qwen-VL LoRA recipe on the demo data, 8 steps."""
+    return load_recipe(
         REPO / "recipes/tiny/qwen_vl_lora.yaml",
         [
             f"model.path={model_dir}",
@@ -33,7 +34,10 @@ def run(model_dir, out, *extra):
             *extra,
         ],
     )
-    return train(cfg)
+
+
+def run(model_dir, out, *extra):
+    return train(recipe(model_dir, out, *extra))
 
 
 def falls(result) -> bool:

@@ -88,6 +88,9 @@ class QwenVLFamily(ModelFamily):
         "Qwen-VL-Chat-Int4": "qwen_vl-int4",
     }
 
+    # Qwen-VL-Chat-Int4: AutoGPTQ quantized every linear layer of the decoder blocks, nothing else.
+    gptq_blocks = "transformer.h"
+
     def model_class(self):
         from .modeling import QWenLMHeadModel
 
