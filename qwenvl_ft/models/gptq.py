@@ -76,7 +76,7 @@ def quantize_weight(weight: torch.Tensor, bits: int = 4, group_size: int = 128) 
             f"a ({out_f}, {in_f}) weight does not split into groups of {group_size} / {bits}-bit words"
         )
     maxq = 2**bits - 1
-    w = weight.detach().float().t().reshape(in_f // group_size, group_size, out_f)
+    w = weight.detach().float().cpu().t().reshape(in_f // group_size, group_size, out_f)
     amax = w.abs().amax(dim=1)  # (groups, out)
     # GPTQ's symmetric quantizer: scale spans [-amax, amax] over maxq steps, zero in the middle.
     scale = torch.where(amax > 0, 2 * amax / maxq, torch.ones_like(amax)).half().float()
