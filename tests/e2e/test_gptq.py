@@ -154,3 +154,25 @@ def test_refuses_what_cannot_train_on_int4(ckpts, tmp_path):
     for mode in ("full", "qlora"):
         with pytest.raises(ConfigError, match="quantized"):
             train(recipe(int4, tmp_path / mode, f"train.mode={mode}", "model.dtype=bf16"))
+
+
+def test_lora_on_int4_under_deepspeed_zero2(ckpts, launch_train, tmp_path):
+    """The original finetune_qlora_ds.sh case: two processes (CPU, gloo), ZeRO-2."""
+    pytest.importorskip("deepspeed")
+    from safetensors.torch import load_file
+
+    int4, _ = ckpts
+    launch_train(
+        2,
+        str(REPO / "recipes/tiny/qwen_vl_lora.yaml"),
+        f"model.path={int4}",
+        f"output.dir={tmp_path / 'out'}",
+        f"data.train=[{{path: {REPO / 'data/demo/demo.jsonl'}}}]",
+        "data.num_workers=0",
+        "train.max_steps=3",
+        "train.save_steps=1000",
+        "train.deepspeed=configs/deepspeed/zero2.json",
+    )
+    adapter = load_file(str(tmp_path / "out/adapter_model.safetensors"))
+    lora_b = [t for k, t in adapter.items() if "lora_B" in k]
+    assert len(lora_b) == 8 and all(t.abs().sum() > 0 for t in lora_b)
