@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from test_qwen_vl import REPO, recipe  # the same tiny LoRA recipe (tests/e2e is on sys.path)
 
+from qwenvl_ft.cli import main
 from qwenvl_ft.config import ConfigError
 from qwenvl_ft.merge import MergeError, logits, merge, verification_inputs
 from qwenvl_ft.models import get_family
@@ -134,6 +135,11 @@ def test_lora_on_int4_trains_and_merges_into_the_unquantized_model(ckpts, tmp_pa
         if "lora_" in n
     }
     assert lora == {f"transformer.h.{i}.{m}" for i in range(2) for m in QUANTIZED[:4]}
+    # Generation on the int4 base + adapter, in bf16 (the resampler's fp32 table once broke this).
+    preds = tmp_path / "preds.jsonl"
+    argv = ["predict", str(tmp_path / "run"), str(REPO / "data/demo/demo.jsonl"), "--output", str(preds)]
+    assert main([*argv, "--limit", "2", "--max-new-tokens", "3", "--dtype", "bf16"]) == 0
+    assert len(preds.read_text().splitlines()) == 2
     with pytest.raises(MergeError, match="quantized .*--base"):
         merge(tmp_path / "run", tmp_path / "bad", dtype="fp32", progress=False)
     merged = merge(tmp_path / "run", tmp_path / "merged", dtype="fp32", base=deq, progress=False)

@@ -103,11 +103,13 @@ class Resampler(nn.Module):
         self.ln_kv = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, patches, kv_dim)
-        pos = resize_pos_embed(self.pos_embed, x.size(1))
         x = self.ln_kv(self.kv_proj(x)).permute(1, 0, 2)  # (patches, batch, dim), MultiheadAttention's layout
         q = self.ln_q(self.query).unsqueeze(1).repeat(1, x.size(1), 1)
+        # A buffer keeps the dtype it was loaded in (fp32 beside a GPTQ model's bf16): follow the activations.
+        table = self.pos_embed.to(x.dtype)
         # Queries get the table at its own 16x16 size; keys get it resized to the patch grid.
-        out = self.attn(q + self.pos_embed.unsqueeze(1), x + pos.unsqueeze(1), x, need_weights=False)[0]
+        pos = resize_pos_embed(table, x.size(0))
+        out = self.attn(q + table.unsqueeze(1), x + pos.unsqueeze(1), x, need_weights=False)[0]
         return out.permute(1, 0, 2)
 
 
