@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-2 and ZeRO-3 with two processes on CPU (gloo), through torchrun and the real CLI.
+"""DeepSpeed ZeRO-2 and ZeRO-3 (and FSDP with packing) with two processes on CPU (gloo), through
+torchrun and the real CLI.
 
 On CPU the Trainer sees world size 1, so each process reads the whole dataset (shared NOTES);
 what these runs prove is that the engines start, step, and save usable outputs: a non-empty
@@ -35,17 +36,20 @@ def torchrun(launch_train, model_dir: Path, out: Path, *overrides: str) -> dict:
     return json.loads((out / "trainer_state.json").read_text())
 
 
+PACKED = ("data.packing=true", "data.pack_length=1024")
+
+
 @pytest.mark.parametrize(
-    "stage, extra",
-    [("zero2", ()), ("zero3", ()), ("zero3", ("data.packing=true", "data.pack_length=1024"))],
-    ids=["zero2", "zero3", "zero3-packed"],
+    "engine, extra",
+    [("zero2", ()), ("zero3", ()), ("zero3", PACKED), ("fsdp", PACKED)],
+    ids=["zero2", "zero3", "zero3-packed", "fsdp-packed"],
 )
-def test_lora_under_deepspeed_saves_a_full_adapter(launch_train, tiny_model, tmp_path, stage, extra):
+def test_lora_under_deepspeed_or_fsdp_saves_a_full_adapter(launch_train, tiny_model, tmp_path, engine, extra):
     state = torchrun(
         launch_train,
         tiny_model("qwen2_5_vl"),
         tmp_path / "out",
-        f"train.deepspeed=configs/deepspeed/{stage}.json",
+        "train.fsdp=true" if engine == "fsdp" else f"train.deepspeed=configs/deepspeed/{engine}.json",
         *extra,
     )
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
