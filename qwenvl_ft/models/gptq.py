@@ -33,14 +33,15 @@ class GPTQError(ValueError):
 
 def gptq_config(checkpoint_config: dict, backend: str) -> Any:
     """A `GPTQConfig` that keeps the checkpoint's own settings and picks the kernel (`backend`)."""
-    for module, extra in (("optimum", "optimum"), ("gptqmodel", "gptqmodel")):
-        try:
-            __import__(module)
-        except ImportError:
-            raise GPTQError(
-                f"this checkpoint is GPTQ-quantized and loading it needs {extra}: pip install 'qwenvl-ft[gptq]'"
-            ) from None
+    from importlib.util import find_spec
+
     from transformers import GPTQConfig
+
+    for module in ("optimum", "gptqmodel"):  # transformers loads GPTQ through both
+        if find_spec(module) is None:
+            raise GPTQError(
+                f"this checkpoint is GPTQ-quantized and loading it needs {module}: pip install 'qwenvl-ft[gptq]'"
+            )
 
     qc = checkpoint_config["quantization_config"]
     return GPTQConfig(bits=qc["bits"], group_size=qc.get("group_size", 128), backend=backend)

@@ -162,6 +162,17 @@ def test_refuses_what_cannot_train_on_int4(ckpts, tmp_path):
             train(recipe(int4, tmp_path / mode, f"train.mode={mode}", "model.dtype=bf16"))
 
 
+def test_a_missing_gptq_library_is_named(ckpts, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gptqmodel" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"int4: .*needs gptqmodel: pip install 'qwenvl-ft\[gptq\]'"):
+        load_model(recipe(ckpts[0], tmp_path), FAM)
+
+
 def test_lora_on_int4_under_deepspeed_zero2(ckpts, launch_train, tmp_path):
     """The original finetune_qlora_ds.sh case: two processes (CPU, gloo), ZeRO-2."""
     pytest.importorskip("deepspeed")
