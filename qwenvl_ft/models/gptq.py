@@ -128,9 +128,11 @@ def quantize_checkpoint(model: torch.nn.Module, family: ModelFamily, out_dir: st
             done.append(name)
     if not done:
         raise GPTQError(f"no linear layer under {blocks!r} to quantize")
+    replaced = {f"{n}.weight" for n in done}
     for key, value in model.state_dict().items():
-        if not any(key == f"{n}.weight" for n in done):
-            tensors[key] = value.detach().half().contiguous() if value.is_floating_point() else value
+        if key not in replaced:
+            value = value.detach().cpu()
+            tensors[key] = value.half().contiguous() if value.is_floating_point() else value
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((out / "config.json").read_text())
     config["quantization_config"] = quantization_config
