@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from bench_gpu_train import build_model, checkpoint_dir
 
 from qwenvl_ft import __version__
 from qwenvl_ft.config.loader import load_recipe
@@ -47,9 +48,7 @@ from qwenvl_ft.data.sources import Source
 from qwenvl_ft.data.synthetic import shapes_image
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.gptq import quantize_checkpoint
-from qwenvl_ft.models.processor import VLProcessor
 from qwenvl_ft.models.tiny import make_tiny
-from qwenvl_ft.models.tokenizer import build_tokenizer
 from qwenvl_ft.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,17 +74,10 @@ def checkpoints(root: Path, tiny: bool, seed: int) -> dict[bool, Path]:
         make_tiny(FAMILY, fp, seed=seed)
         make_tiny(FAMILY, int4, seed=seed, int4=True)
         return {False: fp, True: int4}
-    from transformers import AutoConfig
-
-    config = json.loads((REPO / "qwenvl_ft/models/published/qwen_vl.json").read_text())
-    tokenizer = build_tokenizer(FAMILY.special_tokens, FAMILY.chat_template, real_vocab=True)
-    for d in (fp, int4):
-        d.mkdir(parents=True)
-        (d / "config.json").write_text(json.dumps(config))
-        VLProcessor(FAMILY, tokenizer, FAMILY.image_processor(None)).save_pretrained(d)
-    torch.manual_seed(seed)
-    with torch.device("cuda"):
-        model = FAMILY.model_class()._from_config(AutoConfig.from_pretrained(fp), dtype=torch.bfloat16)
+    published = REPO / "qwenvl_ft/models/published/qwen_vl.json"
+    for d in (fp, int4):  # config.json, the real tokenizer, the image processor
+        checkpoint_dir(d, published)
+    model = build_model(FAMILY, fp, "sdpa", "cuda", seed)
     model.save_pretrained(fp)
     quantize_checkpoint(model, FAMILY, int4)
     del model

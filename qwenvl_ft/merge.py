@@ -83,8 +83,9 @@ def merge(
     base_path = Path(base or meta["base_model"])
     if not (base_path / "config.json").is_file():
         raise MergeError(f"base model {base_path} not found (was the run moved?): pass --base DIR")
+    kind = source_kind(run_dir)
     quantized = checkpoint_meta(base_path).get("quantized")
-    if quantized and source_kind(run_dir) == "lora":
+    if quantized and kind == "lora":
         raise MergeError(
             f"base model {base_path} is quantized ({quantized}): an adapter merges into 16-bit weights "
             "only; pass --base with the unquantized model (for Qwen-VL-Chat-Int4: Qwen-VL-Chat)"
@@ -92,7 +93,6 @@ def merge(
     out = Path(output) if output else run_dir.parent / f"{run_dir.name}-merged"
     if out.exists() and any(out.iterdir()) and not force:
         raise MergeError(f"{out} is not empty: pass --force to replace it")
-    kind = source_kind(run_dir)
     check_disk(base_path, out, dtype)
     torch_dtype = DTYPES[dtype]
 
