@@ -28,6 +28,9 @@ from .configuration import QWenConfig
 from .visual import VisionTransformer
 
 IMAGE_TOKENS = 256
+# transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache` (and
+# generate() passes `cache=`); 5.23 uses `past_key_values`. Accept both, return the installed name.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class RMSNorm(nn.Module):
@@ -151,8 +154,10 @@ class QWenModel(QWenPreTrainedModel):
         inputs_embeds=None,
         pixel_values=None,
         use_cache=None,
+        cache=None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        past_key_values = cache if cache is not None else past_key_values
         hidden = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         if pixel_values is not None and input_ids is not None:
             hidden = self.place_images(input_ids, hidden, pixel_values)
@@ -178,7 +183,7 @@ class QWenModel(QWenPreTrainedModel):
             else:
                 hidden = block(hidden, position_ids, mask, past_key_values if use_cache else None)
         return BaseModelOutputWithPast(
-            last_hidden_state=self.ln_f(hidden), past_key_values=past_key_values if use_cache else None
+            last_hidden_state=self.ln_f(hidden), **{CACHE_FIELD: past_key_values if use_cache else None}
         )
 
     def place_images(
@@ -261,6 +266,7 @@ class QWenLMHeadModel(QWenPreTrainedModel, GenerationMixin):
         pixel_values=None,
         use_cache=None,
         logits_to_keep: int = 0,
+        cache=None,
         mm_token_type_ids=None,  # named so generate() accepts the shared batches; 1-D positions need none
         **kwargs,
     ) -> CausalLMOutputWithPast:
@@ -268,7 +274,7 @@ class QWenLMHeadModel(QWenPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             pixel_values=pixel_values,
             use_cache=use_cache,
@@ -278,7 +284,7 @@ class QWenLMHeadModel(QWenPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
 
 
 def causal_lm_loss(

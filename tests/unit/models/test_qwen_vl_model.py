@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qwenvl_ft.models import get_family
-from qwenvl_ft.models.qwen_vl.modeling import RMSNorm, rotary
+from qwenvl_ft.models.qwen_vl.modeling import CACHE_FIELD, RMSNorm, rotary
 from qwenvl_ft.models.qwen_vl.visual import VisualAttention, sincos_2d
 
 # Keys of the published Qwen-VL-Chat config.json (model fields; auto_map / torch_dtype aside).
@@ -188,9 +188,9 @@ def test_kv_cache_decoding_equals_a_full_forward(model_dir):
         full = model(input_ids=full_ids, pixel_values=pixels, use_cache=False).logits
         out = model(input_ids=ids, pixel_values=pixels, use_cache=True)
         steps = [out.logits[:, -1]]
-        cache = out.past_key_values
+        cache = getattr(out, CACHE_FIELD)  # `cache` from transformers 5.24, `past_key_values` before
         for t in range(extra.size(1)):
-            out = model(input_ids=extra[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(input_ids=extra[:, t : t + 1], **{CACHE_FIELD: cache}, use_cache=True)
             steps.append(out.logits[:, -1])
     for k, logits in enumerate(steps):
         assert torch.allclose(logits, full[:, ids.size(1) - 1 + k], atol=1e-4)
