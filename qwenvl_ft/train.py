@@ -64,6 +64,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
         )
         log.info("eval data check:\n" + format_report(eval_report, cfg.data.max_length, limit=10))
     log.info("data check:\n" + format_report(report, cfg.data.max_length, limit=10))
+    samples = dataset  # packing wraps it; the count of samples that failed to load stays here
     collator = PaddingCollator(processor.tokenizer.pad_token_id)
     if cfg.data.packing:
         dataset, eval_set = pack(cfg, family, dataset), eval_set and pack(cfg, family, eval_set)
@@ -103,6 +104,10 @@ def train(cfg: RecipeConfig) -> TrainResult:
     if resume:
         log.info(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if samples.skipped():  # data.on_load_error: skip; each was logged when it failed
+        log.warning(
+            f"{samples.skipped()} sample(s) failed to load and were skipped (data.on_load_error: skip)"
+        )
 
     trainer.save_model(str(out))  # the adapter (LoRA) or the full weights, gathered under ZeRO-3
     trainer.save_state()

@@ -70,22 +70,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
-    from ..data.check import check_sources, format_report
-    from ..data.sources import Source
+    from ..data.check import check_specs, format_report
 
     processor = _processor(args)
     processor.video_config = VideoConfig(
         fps=args.fps, num_frames=args.num_frames, max_frames=args.max_frames, max_pixels=args.video_max_pixels
     )
     processor.video_config.validate()
-    sources = [Source(DatasetSpec(path=p, format=args.format, image_root=args.image_root)) for p in args.data]
-    report = check_sources(
-        sources,
+    _, report = check_specs(
+        [DatasetSpec(path=p, format=args.format, image_root=args.image_root) for p in args.data],
         processor,
-        args.max_length,
-        args.overlength,
-        args.supervise,
-        args.allow_urls,
+        max_length=args.max_length,
+        overlength=args.overlength,
+        supervise=args.supervise,
+        allow_urls=args.allow_urls,
         decode=not args.no_decode,
         cache_dir=None,
     )

@@ -141,6 +141,10 @@ class DataConfig:
     also supervises every <|im_start|> and each turn's closing <|im_end|> and newline."""
     allow_urls: bool = False
     """Fetch http(s) images named in the data; off so a run never depends on the network by surprise."""
+    on_load_error: Literal["stop", "skip"] = "stop"
+    """A checked sample that fails to load during training (its image deleted or changed since the check):
+    stop the run with its file:line; or skip it: log it once and train on a sample of the same token length
+    (else the nearest shorter) in its place, so packed rows and length groups stay as planned."""
     num_workers: int = 2
     """Loader processes per rank: images are decoded, resized and encoded there, off the training step."""
     prefetch_factor: int = 4

@@ -6,6 +6,10 @@ its exact token length (visual tokens included, from the family's resize rules) 
 `max_length`, else it is dropped or truncated at a turn boundary, as the recipe says. Errors make
 the check fail; drops and truncations are reported. `qwenvl-ft data check` prints the report;
 training runs the same check (cached by file fingerprint) and refuses to start on errors.
+
+The check never crashes on data: whatever one sample raises while it is read, decoded or encoded
+becomes an error at its location (`file:line (id X)`), and a file that cannot be read at all an
+error at the file (`check_specs`); the other samples are still checked.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .sources import Source
 from .video import VideoError
 
 if TYPE_CHECKING:
+    from ..config import DatasetSpec
     from ..models.processor import VLProcessor
 
 
@@ -113,12 +118,13 @@ def box_problems(box: Box, sizes: list[Size]) -> list[str]:
     if not 0 <= box.image < len(sizes):
         return [f"box {coords} refers to image {box.image + 1} but the sample has {len(sizes)} image(s)"]
     problems = []
-    if box.x1 >= box.x2 or box.y1 >= box.y2:
+    # Written as "not (valid)" so that a NaN coordinate, for which every comparison is False, fails.
+    if not (box.x1 < box.x2 and box.y1 < box.y2):
         problems.append(
             f"box {coords} has x1 >= x2 or y1 >= y2 (expected x1, y1, x2, y2 with x1 < x2, y1 < y2)"
         )
     w, h = (1000, 1000) if box.normalized else (sizes[box.image].width, sizes[box.image].height)
-    if min(box.x1, box.y1) < 0 or box.x2 > w or box.y2 > h:
+    if not (box.x1 >= 0 and box.y1 >= 0 and box.x2 <= w and box.y2 <= h):
         space = "[0, 1000)" if box.normalized else f"the {w}x{h} image"
         problems.append(f"box {coords} lies outside {space}")
     return problems
@@ -241,43 +247,71 @@ def check_sources(
                 bar.update()
                 report.samples += 1
                 try:
-                    conv = source.conversation(i)
+                    conv = source.conversation(i)  # raises DataError only, starting with the location
                 except DataError as e:
-                    report.errors.append(Problem(*_split(str(e))))
+                    report.errors.append(Problem(e.where or source.where(i), e.what))
                     continue
-                res = check_sample(conv, processor, max_length, overlength, supervise, allow_urls, decode)
-                report.errors += [Problem(conv.id, p) for p in res.problems]
-                if res.problems:
+                try:
+                    res = check_sample(conv, processor, max_length, overlength, supervise, allow_urls, decode)
+                except Exception as e:  # whatever else decoding or encoding raises: an error at the sample
+                    report.errors.append(Problem(conv.id, error_message(e)))
                     continue
-                if res.keep is None:
-                    # Name the videos' share: a long clip is the usual reason, and fps / max_frames /
-                    # max_pixels in data.video are the levers.
-                    videos = "".join(f"; video {c.path}: {c.describe()}" for c in res.kept_videos)
-                    report.dropped.append(
-                        Problem(conv.id, f"{res.length} tokens > max_length {max_length}: dropped{videos}")
-                    )
-                    continue
-                if res.keep < len(conv.turns):
-                    report.truncated.append(
-                        Problem(
-                            conv.id,
-                            f"{res.length} tokens: kept the first {res.keep} turns ({res.kept_length})",
-                        )
-                    )
-                frames = sum(len(c.indices) for c in res.kept_videos)
-                report.plan.append(
-                    PlanItem(s, i, res.keep, res.kept_length, res.kept_images, len(res.kept_videos), frames)
-                )
+                _record(report, res, conv, s, i, max_length)
     if cache_file:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         cache_file.write_text(report.to_json())
     return report
 
 
-def _split(message: str) -> tuple[str, str]:
-    """'file:3 (id x): what' -> ('file:3 (id x)', 'what'): reader errors start with their location."""
-    where, sep, what = message.partition(": ")
-    return (where, what) if sep else ("", message)
+def _record(
+    report: CheckReport, res: SampleCheck, conv: Conversation, s: int, i: int, max_length: int
+) -> None:
+    """One checked sample into the report: its errors, or dropped / truncated, and the plan."""
+    report.errors += [Problem(conv.id, p) for p in res.problems]
+    if res.problems:
+        return
+    if res.keep is None:
+        # Name the videos' share: a long clip is the usual reason, and fps / max_frames /
+        # max_pixels in data.video are the levers.
+        videos = "".join(f"; video {c.path}: {c.describe()}" for c in res.kept_videos)
+        report.dropped.append(
+            Problem(conv.id, f"{res.length} tokens > max_length {max_length}: dropped{videos}")
+        )
+        return
+    if res.keep < len(conv.turns):
+        report.truncated.append(
+            Problem(conv.id, f"{res.length} tokens: kept the first {res.keep} turns ({res.kept_length})")
+        )
+    frames = sum(len(c.indices) for c in res.kept_videos)
+    report.plan.append(
+        PlanItem(s, i, res.keep, res.kept_length, res.kept_images, len(res.kept_videos), frames)
+    )
+
+
+def check_specs(
+    specs: list[DatasetSpec], processor: VLProcessor, **kwargs
+) -> tuple[list[Source], CheckReport]:
+    """`check_sources` over datasets still to open: a file that cannot be read at all (bad JSON or
+    UTF-8 in a .json list, a corrupt parquet file, a missing path) is an error at the file, and the
+    check goes on with the others. Returns the sources that opened and the report."""
+    sources, unreadable = [], []
+    for spec in specs:
+        try:
+            sources.append(Source(spec))
+        except DataError as e:
+            unreadable.append(Problem(e.where or str(spec.path), e.what))
+        except Exception as e:  # datasets / pyarrow errors on a broken file
+            unreadable.append(Problem(str(spec.path), error_message(e)))
+    report = check_sources(sources, processor, **kwargs)
+    report.errors[:0] = unreadable
+    return sources, report
+
+
+def error_message(e: BaseException) -> str:
+    """An exception as a finding: ours (which say what is wrong and where) as they are, any other
+    with its type name, often the only clue (`KeyError: 'x'`)."""
+    ours = isinstance(e, (DataError, ImageError, VideoError))
+    return str(e) if ours else f"{type(e).__name__}: {e}"
 
 
 def format_report(report: CheckReport, max_length: int, limit: int = 50) -> str:

@@ -4,16 +4,25 @@
 any sample has an error, so a run never dies midway on bad data. Each encoded sample must have
 exactly the length the check computed; a mismatch (the classic "image features and image tokens
 do not match") is caught here, naming the sample, instead of inside the model.
+
+A checked sample can still fail to load later (its image deleted or rewritten during a long run).
+`data.on_load_error` decides: "stop" ends the run with `file:line (id X): what`; "skip" logs the
+sample once and trains on a stand-in of the same token length (else the nearest shorter, else the
+nearest longer), so length groups and packed rows stay as planned.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+import torch
 from torch.utils.data import Dataset
 
-from .check import CheckReport, PlanItem, check_sources, format_report
+from .check import CheckReport, PlanItem, check_specs, error_message, format_report
 from .clips import load_clip, plan_clip
 from .encode import Encoded, encode
 from .images import load_image
@@ -25,6 +34,20 @@ if TYPE_CHECKING:
     from ..models.processor import VLProcessor
 
 CACHE_DIR = Path.home() / ".cache" / "qwenvl_ft" / "data-check"
+log = logging.getLogger("qwenvl_ft")
+
+
+class SampleLoadError(DataError):
+    """A checked sample failed to load during training, with data.on_load_error: stop."""
+
+    def __init__(self, message: str):
+        # From a loader worker, torch raises this type again in the main process with the worker's
+        # whole traceback as the message ("Caught SampleLoadError in DataLoader worker process 0.
+        # Original Traceback ... SampleLoadError: <message>"): keep the message a person needs.
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
 
 
 class SFTDataset(Dataset):
@@ -35,9 +58,15 @@ class SFTDataset(Dataset):
         processor: VLProcessor,
         supervise: str,
         allow_urls: bool,
+        on_load_error: Literal["stop", "skip"] = "stop",
     ):
         self.sources, self.items, self.processor = sources, items, processor
-        self.supervise, self.allow_urls = supervise, allow_urls
+        self.supervise, self.allow_urls, self.on_load_error = supervise, allow_urls, on_load_error
+        # Samples that failed to load, in shared memory: loader workers see each other's failures, a
+        # failure is logged once per run, and the training process can count them at the end.
+        self.failed = torch.zeros(len(items) if on_load_error == "skip" else 0, dtype=torch.uint8)
+        self.failed.share_memory_()
+        self._by_length: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -47,23 +76,74 @@ class SFTDataset(Dataset):
         return [item.length for item in self.items]
 
     def __getitem__(self, i: int) -> Encoded:
-        item = self.items[i]
-        conv = self.sources[item.source].conversation(item.index)
-        conv.turns = conv.turns[: item.turns]
-        segments = [s for t in conv.turns for s in t.segments]
-        images = [load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"]
-        videos = [
-            load_clip(plan_clip(s.value, self.processor), self.processor)
-            for s in segments
-            if s.kind == "video"
-        ]
-        enc = encode(conv, self.processor, images, self.supervise, videos)
+        if self.on_load_error == "stop":
+            try:
+                return self._encode(self.items[i])
+            except Exception as e:
+                raise SampleLoadError(
+                    f"{self._error(self.items[i], e)} (it passed the data check, so the data changed since; "
+                    "data.on_load_error: skip trains on without such samples)"
+                ) from None
+        for j in self._candidates(i):
+            if self.failed[j]:
+                continue
+            try:
+                return self._encode(self.items[j])
+            except Exception as e:
+                self.failed[j] = 1
+                log.warning(
+                    f"skipped {self._error(self.items[j], e)} (data.on_load_error: skip; "
+                    f"{self.skipped()} sample(s) skipped so far)"
+                )
+        raise SampleLoadError("no sample of the dataset loads (data.on_load_error: skip); see the log")
+
+    def skipped(self) -> int:
+        """Samples that failed to load so far, over every loader worker of this process."""
+        return int(self.failed.sum())
+
+    def _encode(self, item: PlanItem) -> Encoded:
+        conv = self.sources[item.source].conversation(item.index)  # a DataError names the sample
+        try:
+            conv.turns = conv.turns[: item.turns]
+            segments = [s for t in conv.turns for s in t.segments]
+            images = [load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"]
+            videos = [
+                load_clip(plan_clip(s.value, self.processor), self.processor)
+                for s in segments
+                if s.kind == "video"
+            ]
+            enc = encode(conv, self.processor, images, self.supervise, videos)
+        except Exception as e:
+            raise DataError(f"{conv.id}: {error_message(e)}") from None
         if len(enc.input_ids) != item.length:
-            raise RuntimeError(
+            raise DataError(
                 f"{conv.id}: encoded {len(enc.input_ids)} tokens but the data check counted "
                 f"{item.length}; the data changed since it was checked, or this is a bug"
             )
         return enc
+
+    def _error(self, item: PlanItem, e: Exception) -> str:
+        """'file:line (id X): what' (`_encode` raises DataError with the location; anything else is a bug)."""
+        return (
+            str(e)
+            if isinstance(e, DataError)
+            else f"{self.sources[item.source].where(item.index)}: {error_message(e)}"
+        )
+
+    def _candidates(self, i: int) -> Iterator[int]:
+        """i, then stand-ins: same token length first, then shorter (nearest first: it still fits i's
+        packed row), then longer; dataset order among equals, so every worker picks the same one."""
+        yield i
+        if self._by_length is None:
+            self._by_length = sorted(range(len(self.items)), key=lambda k: (self.items[k].length, k))
+        order, n = self._by_length, self.items[i].length
+        pos = bisect.bisect_left(order, (n, i), key=lambda k: (self.items[k].length, k))
+        up = pos + 1
+        while up < len(order) and self.items[order[up]].length == n:
+            yield order[up]
+            up += 1
+        yield from (order[k] for k in range(pos - 1, -1, -1))
+        yield from (order[k] for k in range(up, len(order)))
 
 
 def build_dataset(
@@ -75,14 +155,13 @@ def build_dataset(
     split: str = "train",
 ) -> tuple[SFTDataset, CheckReport]:
     """Check every sample of `data.train` (or `data.eval`), then the dataset of usable samples in mixed order."""
-    sources = [Source(spec) for spec in getattr(data, split)]
-    report = check_sources(
-        sources,
+    sources, report = check_specs(
+        getattr(data, split),
         processor,
-        data.max_length,
-        data.overlength,
-        data.supervise,
-        data.allow_urls,
+        max_length=data.max_length,
+        overlength=data.overlength,
+        supervise=data.supervise,
+        allow_urls=data.allow_urls,
         cache_dir=cache_dir,
         progress=progress,
     )
@@ -95,4 +174,5 @@ def build_dataset(
         raise DataError(f"no usable sample in data.{split}: " + format_report(report, data.max_length))
     planned = {(p.source, p.index): p for p in report.plan}
     items = [planned[key] for key in mix(sources, seed) if key in planned]
-    return SFTDataset(sources, items, processor, data.supervise, data.allow_urls), report
+    dataset = SFTDataset(sources, items, processor, data.supervise, data.allow_urls, data.on_load_error)
+    return dataset, report

@@ -2,7 +2,10 @@
 in-memory PIL images and Hugging Face `Image` feature dicts ({"bytes", "path"}).
 
 `image_size` reads only the header, so token budgets are known without decoding pixels;
-`load_image` decodes fully (a truncated or corrupt file fails here, with its name).
+`load_image` decodes fully (a truncated or corrupt file fails here, with its name). Both raise
+only `ImageError`, whatever PIL raises, and both refuse images over PIL's decompression-bomb
+limit (`PIL.Image.MAX_IMAGE_PIXELS`) whether PIL itself would only warn or refuse, so the data
+check and training agree on them.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +65,49 @@ def _open(ref: Any, allow_urls: bool) -> Image.Image:
     return Image.open(path)
 
 
+def _open_checked(ref: Any, allow_urls: bool) -> Image.Image:
+    """`_open` with PIL's decompression-bomb limit as an error at any size over it."""
+    with warnings.catch_warnings():  # PIL warns between the limit and twice it, raises above
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = _open(ref, allow_urls)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.width * im.height > limit:
+        if im is not ref:
+            im.close()
+        raise ImageError(
+            f"{describe(ref)}: too large: {im.width}x{im.height} = {im.width * im.height} pixels, over "
+            f"PIL's decompression-bomb limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)"
+        )
+    return im
+
+
+def _as_image_error(ref: Any, e: Exception, what: str) -> ImageError:
+    if isinstance(e, ImageError):
+        return e
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError(f"{describe(ref)}: not a readable image")
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageError(f"{describe(ref)}: too large: {e}")
+    if isinstance(e, OSError):  # truncated / corrupt data surfaces on load()
+        return ImageError(f"{describe(ref)}: {what} ({e})")
+    # PIL raises SyntaxError, struct.error, ValueError... on some broken headers
+    return ImageError(f"{describe(ref)}: {what} ({type(e).__name__}: {e})")
+
+
 def image_size(ref: Any, allow_urls: bool = False) -> tuple[int, int]:
     """(width, height) from the header only."""
     try:
-        with _open(ref, allow_urls) as im:
+        with _open_checked(ref, allow_urls) as im:
             return im.size
-    except UnidentifiedImageError:
-        raise ImageError(f"{describe(ref)}: not a readable image") from None
-    except OSError as e:
-        raise ImageError(f"{describe(ref)}: cannot read ({e})") from None
+    except Exception as e:
+        raise _as_image_error(ref, e, "cannot read") from None
 
 
 def load_image(ref: Any, allow_urls: bool = False) -> Image.Image:
     """The decoded RGB image; corrupt or truncated files raise `ImageError` naming the file."""
     try:
-        im = _open(ref, allow_urls)
+        im = _open_checked(ref, allow_urls)
         im.load()
-    except UnidentifiedImageError:
-        raise ImageError(f"{describe(ref)}: not a readable image") from None
-    except OSError as e:  # truncated / corrupt data surfaces on load()
-        raise ImageError(f"{describe(ref)}: corrupt image ({e})") from None
-    return im if im.mode == "RGB" else im.convert("RGB")
+        return im if im.mode == "RGB" else im.convert("RGB")
+    except Exception as e:
+        raise _as_image_error(ref, e, "corrupt image") from None

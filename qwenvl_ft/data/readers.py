@@ -9,12 +9,15 @@ Formats (detected per record with format "auto"):
              `<ref-object>`, `<bbox>` placeholders; boxes in pixels (or "bbox_type": "norm1000").
 - openai:   {"messages": [{"role", "content": [{"type": "image", "image"}, {"type": "text", "text"}]}]}.
 
-Every error names the sample as `file:line` (JSONL), `file[index]` (JSON) and its id.
+Every error names the sample as `file:line` (JSONL), `file[index]` (JSON) and its id. Whatever a
+record holds (wrong types, NaN, bad UTF-8, nesting too deep), reading it raises `DataError`, never
+another exception.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +42,11 @@ _PLACEHOLDERS = re.compile(r"<image>|<video>|<ref-object>|<bbox>")
 
 
 class DataError(ValueError):
-    """A sample that cannot be used; the message starts with its location."""
+    """A sample (or file) that cannot be used; the message starts with its location, `where`."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(f"{where}: {message}" if where else message)
+        self.where, self.what = where, message
 
 
 def detect_format(record: dict[str, Any]) -> str:
@@ -67,18 +74,40 @@ def detect_format(record: dict[str, Any]) -> str:
 def to_conversation(record: dict[str, Any], where: str, fmt: str, base: Path) -> Conversation:
     """One record -> Conversation; `base` is the folder relative media paths resolve against."""
     if not isinstance(record, dict):
-        raise DataError(f"{where}: a sample must be a JSON object, got {type(record).__name__}")
-    sample_id = f"{where} (id {record['id']})" if "id" in record else where
+        raise DataError(f"a sample must be a JSON object, got {type(record).__name__}", where)
+    # The id as printable text: a lone surrogate in it would make the report itself unprintable.
+    sample_id = f"{where} (id {_printable(str(record['id']))})" if "id" in record else where
     try:
+        bad = _lone_surrogate(record)
+        if bad is not None:  # the tokenizer would fail on it with a TypeError that names nothing
+            raise DataError(f"text {bad!r} holds a lone UTF-16 surrogate: not valid Unicode")
         fmt = detect_format(record) if fmt == "auto" else fmt
         conv = _READERS[fmt](record, base)
     except DataError as e:
-        raise DataError(f"{sample_id}: {e}") from None
-    except (KeyError, TypeError, IndexError, ValueError) as e:
-        raise DataError(f"{sample_id}: malformed {fmt} sample ({type(e).__name__}: {e})") from None
+        raise DataError(str(e), sample_id) from None
+    except Exception as e:  # any shape the readers did not foresee is a malformed sample, not a crash
+        raise DataError(f"malformed {fmt} sample ({type(e).__name__}: {e})", sample_id) from None
     conv.id = sample_id
     conv.source_id = str(record["id"]) if "id" in record else None
     return conv
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _lone_surrogate(record: Any) -> str | None:
+    """The first string of a record that cannot be UTF-8 (JSON's "\\ud800" escape decodes to one)."""
+    stack = [record]
+    while stack:  # not recursive: records nest as deep as json.loads allows
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack += [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            stack += node
+        elif isinstance(node, str) and _printable(node) != node:
+            return node
+    return None
 
 
 def _media(value: Any, base: Path) -> Any:
@@ -177,7 +206,12 @@ def _placeholders(msgs, images, videos, objects, base: Path, llava: bool = False
             else:
                 if not (isinstance(value, list) and len(value) == 4):
                     raise DataError(f"bbox {i} must be [x1, y1, x2, y2], got {value!r}")
-                img = int(image_ids[i]) if i < len(image_ids) else 0
+                for k, v in enumerate(value):  # "12", NaN, inf, null, true: never read as a coordinate
+                    if not _is_number(v) or not math.isfinite(v):
+                        raise DataError(f"bbox {i} coordinate {k + 1} must be a finite number, got {v!r}")
+                img = image_ids[i] if i < len(image_ids) else 0
+                if not isinstance(img, int) or isinstance(img, bool):
+                    raise DataError(f"objects.image_id {i} must be an image index, got {img!r}")
                 segments.append(Segment("box", Box(*map(float, value), image=img, normalized=normalized)))
         if pos < len(text):
             segments.append(Segment("text", text[pos:]))
@@ -192,6 +226,10 @@ def _placeholders(msgs, images, videos, objects, base: Path, llava: bool = False
             }[tag]
             raise DataError(f"{counts[tag]} {tag} placeholder(s) but {len(queue)} entries in '{name}'")
     return Conversation(id="", turns=turns)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _read_openai(record: dict[str, Any], base: Path) -> Conversation:
@@ -227,6 +265,39 @@ _READERS = {
 }
 
 
+def parse_json(raw: bytes, path: Path, line: int | None = None) -> Any:
+    """One JSON document: line `line` of a JSONL file, or (None) a whole .json file.
+
+    Bad UTF-8, bad syntax, integers over Python's 4300 digits and nesting deeper than the stack
+    all raise `DataError` at `file:line`.
+    """
+
+    def at(lineno: int) -> str:
+        return f"{path}:{line or lineno}"
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno, column = raw.count(b"\n", 0, e.start) + 1, e.start - raw.rfind(b"\n", 0, e.start)
+        raise DataError(
+            f"not valid UTF-8: byte 0x{raw[e.start]:02x} at column {column}", at(lineno)
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON: {e.msg} (column {e.colno})", at(e.lineno)) from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"not valid JSON ({type(e).__name__}: {e})", at(1)) from None
+
+
+def read_json_list(path: Path) -> list[Any]:
+    """The samples of a .json file, which must hold one list."""
+    records = parse_json(path.read_bytes(), path)
+    if not isinstance(records, list):
+        raise DataError(f"a JSON dataset must be a list of samples, got {type(records).__name__}", str(path))
+    return records
+
+
 class JsonlIndex:
     """Random access to a JSONL file by line, reading one line at a time (multi-GB files stay on disk)."""
 
@@ -245,16 +316,16 @@ class JsonlIndex:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def where(self, i: int) -> str:
+        """'file:line' of the i-th non-empty line."""
+        return f"{self.path}:{self.lines[i]}"
+
     def record(self, i: int) -> tuple[Any, str]:
         """(parsed record, 'file:line') of the i-th non-empty line."""
-        where = f"{self.path}:{self.lines[i]}"
         with open(self.path, "rb") as f:
             f.seek(self.offsets[i])
             raw = f.readline()
-        try:
-            return json.loads(raw), where
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
+        return parse_json(raw, self.path, self.lines[i]), self.where(i)
 
 
 def read_file(path: str | Path, fmt: str = "auto", image_root: str | None = None) -> Iterator[Conversation]:
@@ -267,13 +338,7 @@ def read_file(path: str | Path, fmt: str = "auto", image_root: str | None = None
             record, where = index.record(i)
             yield to_conversation(record, where, fmt, base)
     elif path.suffix == ".json":
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
-        if not isinstance(records, list):
-            raise DataError(f"{path}: a JSON dataset must be a list of samples, got {type(records).__name__}")
-        for i, record in enumerate(records):
+        for i, record in enumerate(read_json_list(path)):
             yield to_conversation(record, f"{path}[{i}]", fmt, base)
     else:
         raise DataError(f"{path}: unsupported data file type {path.suffix!r} (expected .json or .jsonl)")

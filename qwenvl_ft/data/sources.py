@@ -8,14 +8,13 @@ keeps a seeded random half; the order is then shuffled with the same seed.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from ..config import DatasetSpec
 from .conversation import Conversation
-from .readers import DataError, JsonlIndex, to_conversation
+from .readers import DataError, JsonlIndex, read_json_list, to_conversation
 
 
 class Source:
@@ -32,32 +31,38 @@ class Source:
         self._jsonl: JsonlIndex | None = None
         self._records: Any = None
         if not self.path.exists():
-            raise DataError(f"{self.path}: dataset not found")
+            raise DataError("dataset not found", str(self.path))
         if self.path.is_dir() or self.path.suffix in (".parquet", ".arrow"):
             self._records = _load_hf(self.path)
         elif self.path.suffix == ".jsonl":
             self._jsonl = JsonlIndex(self.path)
         elif self.path.suffix == ".json":
-            try:
-                self._records = json.loads(self.path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{self.path}:{e.lineno}: not valid JSON: {e.msg}") from None
-            if not isinstance(self._records, list):
-                raise DataError(f"{self.path}: a JSON dataset must be a list of samples")
+            self._records = read_json_list(self.path)
         else:
             raise DataError(
-                f"{self.path}: unsupported dataset type {self.path.suffix!r} "
-                "(expected .json, .jsonl, .parquet, .arrow or a datasets.save_to_disk folder)"
+                f"unsupported dataset type {self.path.suffix!r} "
+                "(expected .json, .jsonl, .parquet, .arrow or a datasets.save_to_disk folder)",
+                str(self.path),
             )
 
     def __len__(self) -> int:
         return len(self._jsonl) if self._jsonl is not None else len(self._records)
 
+    def where(self, i: int) -> str:
+        """The i-th sample's location, 'file:line' or 'file[i]', known without reading it."""
+        return self._jsonl.where(i) if self._jsonl is not None else f"{self.path}[{i}]"
+
     def conversation(self, i: int) -> Conversation:
-        if self._jsonl is not None:
-            record, where = self._jsonl.record(i)
-        else:
-            record, where = self._records[i], f"{self.path}[{i}]"
+        """The i-th sample; any failure is a `DataError` whose message starts with its location."""
+        try:
+            if self._jsonl is not None:
+                record, where = self._jsonl.record(i)
+            else:
+                record, where = self._records[i], self.where(i)
+        except DataError:
+            raise
+        except Exception as e:  # the file changed or vanished since it was indexed; a broken arrow row
+            raise DataError(f"cannot read the sample ({type(e).__name__}: {e})", self.where(i)) from None
         return to_conversation(record, where, self.spec.format, self.base)
 
     def fingerprint(self) -> list:
@@ -74,7 +79,7 @@ def _load_hf(path: Path):
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
-                raise DataError(f"{path}: a DatasetDict without a 'train' split ({', '.join(ds)})")
+                raise DataError(f"a DatasetDict without a 'train' split ({', '.join(ds)})", str(path))
             ds = ds["train"]
     elif path.suffix == ".parquet":
         ds = datasets.Dataset.from_parquet(str(path))
