@@ -114,11 +114,12 @@ class SFTDataset(Dataset):
             ]
             enc = encode(conv, self.processor, images, self.supervise, videos)
         except Exception as e:
-            raise DataError(f"{conv.id}: {error_message(e)}") from None
+            raise DataError(error_message(e), conv.id) from None
         if len(enc.input_ids) != item.length:
             raise DataError(
-                f"{conv.id}: encoded {len(enc.input_ids)} tokens but the data check counted "
-                f"{item.length}; the data changed since it was checked, or this is a bug"
+                f"encoded {len(enc.input_ids)} tokens but the data check counted {item.length}; "
+                "the data changed since it was checked, or this is a bug",
+                conv.id,
             )
         return enc
 
