@@ -118,6 +118,13 @@ class QWenPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["QWenBlock", "VisualAttentionBlock"]
     _supports_sdpa = True
 
+    def __init__(self, config: QWenConfig):
+        super().__init__(config)
+        # transformers guesses the loss from class names (…ForCausalLM) and warns on ours whenever
+        # something reads model.loss_function (optimum's GPTQ loader reads every attribute); the
+        # loss of QWenLMHeadModel is that causal-LM loss.
+        self.loss_type = "ForCausalLM"
+
     def _init_weights(self, module):
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
