@@ -1,4 +1,5 @@
 """`qwenvl-ft data check DATA... [--model DIR | --family F]`: verify every sample before training.
+`qwenvl-ft data synth OUT_DIR [--count N] [--seed S] [--held-out]`: write the synthetic grounding task.
 
 Checks syntax, role order, empty assistant turns, missing / unreadable / corrupt images,
 placeholders that don't match the images, boxes off the image or with x1 >= x2, and exact token
@@ -67,6 +68,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--limit", type=int, default=50, help="problems listed per kind (default 50)")
     c.set_defaults(func=check)
+    s = actions.add_parser(
+        "synth",
+        help="write the synthetic grounding task (the quickstart's and the learning test's)",
+        description="96x96 images cut into a 3x3 grid, one coloured shape in a random cell, and the "
+        "question 'Where is the {colour} {shape}?' answered by its box. Writes OUT_DIR/data.jsonl "
+        "(messages format, boxes in pixels) and OUT_DIR/img/. One combination of colour, shape and "
+        "cell in 5 is held out: only --held-out sets contain it, so they share no image with training sets.",
+    )
+    s.add_argument("out_dir", help="folder to write data.jsonl and img/ to")
+    s.add_argument("--count", type=int, default=400, help="number of samples (default 400)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the set (default 0)")
+    s.add_argument(
+        "--held-out", action="store_true", help="draw only the held-out combinations (an evaluation set)"
+    )
+    s.set_defaults(func=synth)
 
 
 def check(args: argparse.Namespace) -> int:
@@ -94,6 +110,15 @@ def check(args: argparse.Namespace) -> int:
     print(format_report(report, args.max_length, limit=args.limit))
     print("OK: no errors" if report.ok else f"FAILED: {len(report.errors)} error(s)")
     return 0 if report.ok else 1
+
+
+def synth(args: argparse.Namespace) -> int:
+    from ..data.synthetic import write_grounding_set
+
+    path = write_grounding_set(args.out_dir, args.count, args.seed, heldout=args.held_out)
+    kind = "held-out" if args.held_out else "training"
+    print(f"wrote {path} ({args.count} {kind} samples, seed {args.seed})")
+    return 0
 
 
 def _processor(args: argparse.Namespace):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models import FAMILIES, get_family
+from ..models import FAMILIES, ModelFamily, get_family
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +40,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="save as a GPTQ 4-bit checkpoint laid out like the published one (qwen_vl: Qwen-VL-Chat-Int4); "
         "loading it needs qwenvl-ft[gptq]",
     )
+    p.add_argument(
+        "--standin-vision",
+        action="store_true",
+        help="a stand-in for a pretrained vision tower that sees colour and place on the synthetic "
+        f"grounding images (qwenvl-ft data synth); {', '.join(standin_families())}",
+    )
+    p.add_argument("--min-pixels", type=int, help="the processor's min_pixels (default: the published one)")
+    p.add_argument("--max-pixels", type=int, help="the processor's max_pixels (default: the published one)")
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
     p.add_argument("--no-check", action="store_true", help="skip the reload + forward/backward self-check")
     p.set_defaults(func=make_tiny)
+
+
+def standin_families() -> list[str]:
+    """The generations that define a stand-in vision tower."""
+    return sorted(n for n, f in FAMILIES.items() if type(f).standin_vision is not ModelFamily.standin_vision)
 
 
 def make_tiny(args: argparse.Namespace) -> int:
@@ -53,12 +66,22 @@ def make_tiny(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to overwrite it")
-    report = build(family, out, real_vocab=args.real_vocab, seed=args.seed, int4=args.int4)
+    report = build(
+        family,
+        out,
+        real_vocab=args.real_vocab,
+        seed=args.seed,
+        int4=args.int4,
+        standin_vision=args.standin_vision,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+    )
     vocab = "real Qwen vocabulary" if report.real_vocab else "small offline BPE"
-    int4 = ", GPTQ 4-bit decoder blocks" if args.int4 else ""
+    extras = ", GPTQ 4-bit decoder blocks" if args.int4 else ""
+    extras += ", stand-in vision tower" if args.standin_vision else ""
     print(
         f"built tiny {family.title}: {report.parameters / 1e6:.1f} M parameters, vocab {report.vocab_size} "
-        f"({vocab}){int4}"
+        f"({vocab}){extras}"
     )
     if not args.no_check:
         loss = self_check(family, out)

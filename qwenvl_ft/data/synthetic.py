@@ -1,12 +1,16 @@
 """Synthetic images of coloured shapes with exact boxes, for the demo data, self-checks and tests.
 
 Deterministic for a seed, and drawn with PIL only, so they need no download and no torchvision.
+`write_grounding_set` writes the grounding task of the quickstart and the learning test
+(`qwenvl-ft data synth`).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -18,6 +22,7 @@ COLOURS = {
     "purple": (140, 60, 180),
 }
 SHAPES = ("square", "circle", "triangle")
+BACKGROUND = (245, 245, 240)
 
 
 @dataclass
@@ -38,7 +43,7 @@ def draw_shapes(
     """An RGB image of `size` (width, height) with `count` non-overlapping shapes, and their boxes."""
     rng = random.Random(seed)
     w, h = size
-    image = Image.new("RGB", size, (245, 245, 240))
+    image = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(image)
     shapes: list[Shape] = []
     names = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
@@ -75,7 +80,7 @@ def draw_grid_shapes(
     """
     rng = random.Random(seed)
     cell, margin = size // grid, max(1, size // (8 * grid))
-    image = Image.new("RGB", (size, size), (245, 245, 240))
+    image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     cells = rng.sample(range(grid * grid), count)
     names = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
@@ -86,6 +91,58 @@ def draw_grid_shapes(
         _fill(draw, kind, box, COLOURS[colour])
         shapes.append(Shape(colour, kind, box))
     return image, shapes
+
+
+HELD_OUT_EVERY = 5
+"""One (colour, shape, cell) combination in this many is held out: training sets never draw it."""
+
+
+def is_held_out(shape: Shape, size: int = 96, grid: int = 3) -> bool:
+    """Whether the shape's combination of colour, shape and cell is one that only held-out sets contain.
+
+    Every combination fixes the whole image (there are 15 x 9 of them on the 3x3 grid), so a
+    held-out image differs from every training image, yet each colour, shape and cell is trained on.
+    """
+    cell_side = size // grid
+    cell = (shape.box[1] // cell_side) * grid + shape.box[0] // cell_side
+    kind = list(COLOURS).index(shape.colour) * len(SHAPES) + SHAPES.index(shape.shape)
+    return (kind * grid * grid + cell) % HELD_OUT_EVERY == 0
+
+
+def write_grounding_set(
+    out_dir: str | Path, count: int, seed: int, heldout: bool = False, size: int = 96, grid: int = 3
+) -> Path:
+    """`count` grounding samples, "Where is the {colour} {shape}?" on `draw_grid_shapes` images.
+
+    Writes `out_dir/data.jsonl` (messages format, the box in pixels through `objects`, so each
+    generation writes it in its own convention) and `out_dir/img/N.png`; returns the JSONL path.
+    `heldout`: only the combinations of colour, shape and cell that other sets never contain
+    (`is_held_out`), so no image of it occurs in a training set. Deterministic for a seed.
+    """
+    if not 0 < count <= 10_000:
+        raise ValueError(f"count must be in [1, 10000], got {count}")
+    out = Path(out_dir)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    with open(out / "data.jsonl", "w", encoding="utf-8") as f:
+        i = 0
+        while i < count:  # draw, keep the images of the wanted kind of combination
+            image, (shape,) = draw_grid_shapes(rng.getrandbits(64), size, grid, 1)
+            if is_held_out(shape, size, grid) != heldout:
+                continue
+            image.save(out / "img" / f"{i}.png")
+            sample = {
+                "id": f"s{seed}-{i}",
+                "messages": [
+                    {"role": "user", "content": f"<image>Where is the {shape.name}?"},
+                    {"role": "assistant", "content": "<bbox>"},
+                ],
+                "images": [f"img/{i}.png"],
+                "objects": {"ref": [], "bbox": [list(shape.box)]},
+            }
+            f.write(json.dumps(sample) + "\n")
+            i += 1
+    return out / "data.jsonl"
 
 
 def _fill(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill) -> None:

@@ -264,6 +264,14 @@ class ModelFamily:
         out = vision(pixels, grid_thw=torch.tensor([[1, 2, 2]], device=param.device))
         return 0.0 * sum(t.float().sum() for t in _tensors(out))
 
+    def standin_vision(self, model: torch.nn.Module) -> None:
+        """Set the vision tower and projector of a tiny model to a stand-in for a pretrained one.
+
+        The stand-in sees the synthetic grounding images (colour and place of each patch); the
+        shared pieces and the reasons are in `models/standin.py`. Generations without one raise.
+        """
+        raise NotImplementedError(f"{self.title}: no stand-in vision tower (models/standin.py)")
+
     # -- positions (packing) ------------------------------------------------------------------
     def position_ids(
         self,

@@ -145,6 +145,20 @@ class Qwen3VLFamily(Qwen2VLFamily):
     def tiny_text_extra(self, tokenizer):
         return {"head_dim": 16}
 
+    def standin_vision(self, model) -> None:
+        from .standin import colour_filter, gated_projector, place_code, zero_out
+
+        v = model.get_submodule(self.paths.vision)
+        colour_filter(v.patch_embed.proj, self.vision.image_mean, self.vision.image_std)
+        place_code(v.pos_embed.weight)
+        for block in v.blocks:
+            zero_out(block.attn.proj, block.mlp.linear_fc2)
+        merger, width = v.merger, v.pos_embed.weight.shape[1]
+        merger.norm.reset_parameters()  # a plain LayerNorm over each patch
+        gated_projector(merger.linear_fc1, merger.linear_fc2, width, v.spatial_merge_size**2)
+        for extra in v.deepstack_merger_list:  # no second path into the language model
+            zero_out(extra.linear_fc2)
+
     def video_spans(self, grid, timestamps):
         # As transformers' Qwen3VLProcessor expands the template's <|vision_start|><|video_pad|><|vision_end|>:
         # each temporal patch gets its time as text and its own vision span, inside the outer pair.

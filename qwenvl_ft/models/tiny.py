@@ -35,12 +35,17 @@ def make_tiny(
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
     int4: bool = False,
+    standin_vision: bool = False,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> TinyReport:
     """Build and save a random-initialised tiny checkpoint of `family` in `out_dir`.
 
     `overrides` sets config fields by dotted path before the model is built, e.g.
     {"text_config.rope_parameters.rope_theta": 10.0}. `int4` saves it as a GPTQ checkpoint laid out
-    like the generation's published one (Qwen-VL-Chat-Int4).
+    like the generation's published one (Qwen-VL-Chat-Int4). `standin_vision` replaces the random
+    vision tower with the stand-in for a pretrained one (models/standin.py). `min_pixels` /
+    `max_pixels` are saved in the processor config, as a real checkpoint's are.
     """
     import torch
     from transformers import GenerationConfig
@@ -57,6 +62,8 @@ def make_tiny(
         set_config_field(config, key, value)
     torch.manual_seed(seed)
     model = family.model_class()(config)
+    if standin_vision:
+        family.standin_vision(model)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")],
@@ -69,7 +76,10 @@ def make_tiny(
         from .gptq import quantize_checkpoint
 
         quantize_checkpoint(model, family, out)
-    VLProcessor(family, tokenizer, family.image_processor_for(config)).save_pretrained(out)
+    processor = VLProcessor(family, tokenizer, family.image_processor_for(config))
+    if min_pixels or max_pixels:
+        processor.set_pixel_range(min_pixels, max_pixels)
+    processor.save_pretrained(out)
     return TinyReport(
         path=out,
         parameters=sum(p.numel() for p in model.parameters()),

@@ -123,6 +123,23 @@ class QwenVLFamily(ModelFamily):
             ).sum()
         )
 
+    def standin_vision(self, model) -> None:
+        import torch
+
+        from ..standin import colour_filter, place_code, zero_out
+
+        v = model.get_submodule(self.paths.vision)
+        colour_filter(v.conv1, self.vision.image_mean, self.vision.image_std)  # conv1 has no bias
+        place_code(v.positional_embedding)
+        for block in v.transformer.resblocks:
+            zero_out(block.attn.out_proj, block.mlp.c_proj)
+        # The resampler's queries and keys both carry the sin-cos table: each query attends to the
+        # patches at its own place.
+        attn = v.attn_pool.attn
+        with torch.no_grad():
+            attn.in_proj_weight[: 2 * attn.embed_dim] = 8 * torch.eye(attn.embed_dim).repeat(2, 1)
+            attn.in_proj_bias.zero_()
+
     def shapes(self, config) -> Shapes:
         v = config.visual
         heads = config.num_attention_heads
