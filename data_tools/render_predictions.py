@@ -5,11 +5,11 @@
 
 PREDICTIONS are JSONL files from `qwenvl-ft predict` or `qwenvl-ft eval MODEL --predictions`
 on DATA_FILE (one column each, e.g. the untrained and the trained model). The first --rows
-samples of the first file are drawn, one row each, the same samples in every column: the
-reference box in green just outside its pixels, the first predicted box in red just inside its
-own (parsed back to pixels in the generation's convention, as `qwenvl-ft eval` scores it), so
-a perfect prediction shows both; the IoU is in each panel's title. Small images are enlarged
---scale times (nearest neighbour) so the boxes stay readable.
+samples of the first file are drawn, one row each, the same samples in every column; a repeated
+image and question is drawn once. The reference box is green, just outside its pixels; the
+first predicted box is red, just inside its own (parsed back to pixels in the generation's
+convention, as `qwenvl-ft eval` scores it), so a perfect prediction shows both. Each panel's
+title has the IoU. Small images are enlarged --scale times (nearest neighbour) to stay readable.
 """
 
 from __future__ import annotations
@@ -63,20 +63,27 @@ def render(
 ) -> list[str]:
     """Write the grid of panels to `out`; returns the sample ids drawn."""
     columns = [read_records(p) for p in predictions]
-    ids = [i for i in columns[0] if columns[0][i].get("reference_boxes")][:rows]
-    if not ids:
-        raise DataError(f"{predictions[0]}: no grounding prediction to draw")
-    grid = []
-    for sample_id in ids:
+    ids, grid, drawn = [], [], set()
+    for sample_id, record in columns[0].items():
+        if len(grid) == rows:
+            break
+        if not record.get("reference_boxes"):
+            continue
         conv = find_sample(data, None, sample_id)
         image = load_images(conv)[0]
         question = " ".join(str(s.value) for s in conv.turns[0].segments if s.kind == "text").strip()
+        if (image.tobytes(), question) in drawn:  # a set can repeat an image and question: draw it once
+            continue
+        drawn.add((image.tobytes(), question))
+        ids.append(sample_id)
         missing = [str(p) for p, c in zip(predictions, columns, strict=True) if sample_id not in c]
         if missing:
             raise DataError(f"sample {sample_id} is not in {', '.join(missing)}")
         grid.append(
             [panel(image, c[sample_id], t, question, scale) for c, t in zip(columns, titles, strict=True)]
         )
+    if not grid:
+        raise DataError(f"{predictions[0]}: no grounding prediction to draw")
     w, h = grid[0][0].size
     gap = 6
     width, height = len(columns) * (w + gap) - gap, len(grid) * (h + gap) + TITLE_HEIGHT

@@ -71,3 +71,14 @@ def test_a_sample_missing_from_a_column_is_named(tmp_path, capsys):
     args = [str(data), str(full), str(short), "--out", str(tmp_path / "x.png")]
     assert render_predictions.main(args) == 1
     assert "is not in" in capsys.readouterr().err
+
+
+def test_a_repeated_image_and_question_is_drawn_once(tmp_path):
+    data = write_grounding_set(tmp_path / "set", 30, seed=0, heldout=True)  # 27 images: repeats
+    lines = data.read_text().splitlines()
+    preds = predictions(tmp_path / "p.jsonl", data, ["none"] * len(lines))
+    out = tmp_path / "boxes.png"
+    assert render_predictions.main([str(data), str(preds), "--rows", "30", "--out", str(out)]) == 0
+    distinct = {(s["messages"][0]["content"], tuple(s["objects"]["bbox"][0])) for s in map(json.loads, lines)}
+    rows = (Image.open(out).height - render_predictions.TITLE_HEIGHT + 6) // (96 * 3 + 16 + 6)
+    assert rows == len(distinct) < 30
