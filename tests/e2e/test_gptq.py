@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -27,6 +28,14 @@ from qwenvl_ft.training.setup import load_model
 
 FAM = get_family("qwen_vl")
 QUANTIZED = ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj")
+GPTQ_EXTRA = "pip install 'qwenvl-ft[gptq]'"
+
+
+@pytest.fixture
+def gptq_libs():
+    """Loading a GPTQ checkpoint goes through transformers' integration: optimum and gptqmodel."""
+    pytest.importorskip("optimum", reason=f"loading GPTQ checkpoints needs optimum: {GPTQ_EXTRA}")
+    pytest.importorskip("gptqmodel", reason=f"GPTQ kernels come from gptqmodel: {GPTQ_EXTRA}")
 
 
 def gptq_round(w: torch.Tensor, group: int = 128) -> torch.Tensor:
@@ -52,10 +61,12 @@ def ckpts(tmp_path_factory):
             # The int4 checkpoint stores everything else in fp16.
             p.copy_(gptq_round(p) if block_linear else p.half().float())
     model.save_pretrained(root / "deq")
-    return root / "int4", root / "deq"
+    yield root / "int4", root / "deq"
+    shutil.rmtree(root)
 
 
 def test_tiny_int4_has_the_published_layout(ckpts):
+    pytest.importorskip("optimum", reason=f"the block-name check is optimum's own: {GPTQ_EXTRA}")
     from optimum.gptq.utils import get_block_name_with_pattern
 
     int4, _ = ckpts
@@ -85,7 +96,7 @@ def test_tiny_int4_has_the_published_layout(ckpts):
     assert get_block_name_with_pattern(FAM.load_model(str(ckpts[1]))) == FAM.gptq_blocks
 
 
-def test_int4_computes_what_its_dequantized_weights_compute(ckpts):
+def test_int4_computes_what_its_dequantized_weights_compute(gptq_libs, ckpts):
     int4, deq = ckpts
     model = load_model(recipe(int4, "unused"), FAM).eval()
     names = {n for n, m in model.named_modules() if type(m).__module__.startswith("gptqmodel.")}
@@ -113,7 +124,7 @@ def lora_grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
 
 
-def test_lora_gradients_through_int4_kernels_match_the_dequantized_model(ckpts):
+def test_lora_gradients_through_int4_kernels_match_the_dequantized_model(gptq_libs, ckpts):
     int4, deq = ckpts
     got = lora_grads(load_model(recipe(int4, "unused"), FAM))
     want = lora_grads(FAM.load_model(str(deq), dtype=torch.float32))
@@ -124,7 +135,7 @@ def test_lora_gradients_through_int4_kernels_match_the_dequantized_model(ckpts):
         assert (got[n] - want[n]).norm() < 0.05 * want[n].norm(), n
 
 
-def test_lora_on_int4_trains_and_merges_into_the_unquantized_model(ckpts, tmp_path):
+def test_lora_on_int4_trains_and_merges_into_the_unquantized_model(gptq_libs, ckpts, tmp_path):
     int4, deq = ckpts
     result = train(recipe(int4, tmp_path / "run"))
     ls = [h["loss"] for h in result.log_history if "loss" in h]
@@ -153,7 +164,7 @@ def test_lora_on_int4_trains_and_merges_into_the_unquantized_model(ckpts, tmp_pa
             assert (logits(reloaded, x, torch.float32) - want).abs().max() < 0.02 * want.abs().max()
 
 
-def test_refuses_what_cannot_train_on_int4(ckpts, tmp_path):
+def test_refuses_what_cannot_train_on_int4(gptq_libs, ckpts, tmp_path):
     int4, _ = ckpts
     with pytest.raises(ConfigError, match="no backward pass"):
         load_model(recipe(int4, tmp_path, "quant.gptq_backend=gptq_torch_int8"), FAM)
@@ -163,7 +174,10 @@ def test_refuses_what_cannot_train_on_int4(ckpts, tmp_path):
 
 
 def test_a_missing_gptq_library_is_named(ckpts, tmp_path, monkeypatch):
+    """Runs without gptqmodel (the test hides it anyway); optimum is checked first, so it must be there."""
     import importlib.util
+
+    pytest.importorskip("optimum", reason=f"optimum is checked before gptqmodel: {GPTQ_EXTRA}")
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -173,9 +187,9 @@ def test_a_missing_gptq_library_is_named(ckpts, tmp_path, monkeypatch):
         load_model(recipe(ckpts[0], tmp_path), FAM)
 
 
-def test_lora_on_int4_under_deepspeed_zero2(ckpts, launch_train, tmp_path):
+def test_lora_on_int4_under_deepspeed_zero2(gptq_libs, ckpts, launch_train, tmp_path):
     """The original finetune_qlora_ds.sh case: two processes (CPU, gloo), ZeRO-2."""
-    pytest.importorskip("deepspeed")
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional: pip install 'qwenvl-ft[deepspeed]'")
     from safetensors.torch import load_file
 
     int4, _ = ckpts

@@ -3,22 +3,24 @@ torchrun and the real CLI.
 
 On CPU the Trainer sees world size 1, so each process reads the whole dataset (shared NOTES);
 what these runs prove is that the engines start, step, and save usable outputs: a non-empty
-LoRA adapter under ZeRO-3 (gathered, not the empty shards peers produce) and consolidated full
-weights that load on their own.
+LoRA adapter under ZeRO-3 (gathered, not the empty shards peers produce), consolidated full
+weights that load on their own, and a ZeRO-3 checkpoint that `merge` converts without them.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-pytest.importorskip("deepspeed")
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data/demo/demo.jsonl"
+DEEPSPEED = "DeepSpeed is optional: pip install 'qwenvl-ft[deepspeed]'"
 
 
 def torchrun(launch_train, model_dir: Path, out: Path, *overrides: str) -> dict:
@@ -45,6 +47,8 @@ PACKED = ("data.packing=true", "data.pack_length=1024")
     ids=["zero2", "zero3", "zero3-packed", "fsdp-packed"],
 )
 def test_lora_under_deepspeed_or_fsdp_saves_a_full_adapter(launch_train, tiny_model, tmp_path, engine, extra):
+    if engine != "fsdp":
+        pytest.importorskip("deepspeed", reason=DEEPSPEED)
     state = torchrun(
         launch_train,
         tiny_model("qwen2_5_vl"),
@@ -60,21 +64,57 @@ def test_lora_under_deepspeed_or_fsdp_saves_a_full_adapter(launch_train, tiny_mo
     assert json.loads((tmp_path / "out/qwenvl_ft.json").read_text())["mode"] == "lora"
 
 
-def test_full_fine_tuning_under_zero3_writes_consolidated_weights(launch_train, tiny_model, tmp_path):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
+@pytest.fixture(scope="module")
+def zero3_full_run(launch_train, tiny_model, tmp_path_factory):
+    """(base, run): full fine-tuning under ZeRO-3 for 2 steps, checkpoint-2 kept; read by the two
+    tests below and removed after them (~340 MB: full weights and Adam states of two ranks)."""
+    pytest.importorskip("deepspeed", reason=DEEPSPEED)
     model_dir = tiny_model("qwen2_5_vl")
+    root = tmp_path_factory.mktemp("zero3-full")
     torchrun(
         launch_train,
         model_dir,
-        tmp_path / "out",
+        root / "out",
         "train.mode=full",
+        "train.max_steps=2",
+        "train.save_steps=2",
         "train.learning_rate=1e-3",
         "train.deepspeed=configs/deepspeed/zero3.json",
     )
-    trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out")
+    yield model_dir, root / "out"
+    shutil.rmtree(root)
+
+
+def test_full_fine_tuning_under_zero3_writes_consolidated_weights(zero3_full_run):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model_dir, out = zero3_full_run
+    trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir)
     t, b = dict(trained.named_parameters()), dict(base.named_parameters())
     assert t.keys() == b.keys() and all(t[k].shape == b[k].shape for k in t)
     assert not torch.equal(t["lm_head.weight"], b["lm_head.weight"])  # trained, and not empty shards
     assert torch.equal(t["model.visual.patch_embed.proj.weight"], b["model.visual.patch_embed.proj.weight"])
+
+
+def test_zero3_checkpoint_without_consolidated_weights_converts(zero3_full_run, tmp_path):
+    from qwenvl_ft.merge import merge
+    from qwenvl_ft.models import get_family
+
+    _, out = zero3_full_run
+    fam = get_family("qwen2_5_vl")
+    consolidated = {
+        n: p.detach()
+        for n, p in fam.load_model(str(out / "checkpoint-2"), dtype=torch.float32).named_parameters()
+    }
+    # The checkpoint as if stage3_gather_16bit_weights_on_model_save were off: everything but the
+    # model*.safetensors, hard-linked (no copy of the optimizer states; merge only reads them).
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(
+        out / "checkpoint-2", ckpt, ignore=shutil.ignore_patterns("model*.safetensors"), copy_function=os.link
+    )
+    result = merge(ckpt, tmp_path / "standalone", dtype="fp32", progress=False)
+    assert result.kind == "zero"
+    rebuilt = dict(fam.model_class().from_pretrained(tmp_path / "standalone").named_parameters())
+    assert rebuilt.keys() == consolidated.keys()
+    assert all(torch.equal(rebuilt[k], consolidated[k]) for k in rebuilt)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("av")
+pytest.importorskip("av", reason="video decoding needs PyAV (av)")
 
 from qwenvl_ft.cli import main  # noqa: E402
 from qwenvl_ft.data.synthetic import moving_square_video, shapes_image  # noqa: E402
@@ -110,7 +110,7 @@ def test_trains_on_mixed_video_image_text_batches(tiny_model, tmp_path, family, 
 )
 def test_mixed_video_batches_under_deepspeed_and_fsdp(launch_train, tiny_model, tmp_path, stage):
     if stage != "fsdp":
-        pytest.importorskip("deepspeed")
+        pytest.importorskip("deepspeed", reason="DeepSpeed is optional: pip install 'qwenvl-ft[deepspeed]'")
     data = mixed_data(tmp_path / "data")
     out = tmp_path / "out"
     launch_train(
