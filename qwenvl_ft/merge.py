@@ -218,6 +218,7 @@ def write_output(
     staging.mkdir(parents=True)
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
+        carry_kept_tensors(base_path, staging, family.kept_tensors)
         processor.save_pretrained(staging)
         if (base_path / "generation_config.json").is_file():
             GenerationConfig.from_pretrained(base_path).save_pretrained(staging)
@@ -243,6 +244,45 @@ def write_output(
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def carry_kept_tensors(base_path: Path, out: Path, prefixes: tuple[str, ...]) -> int:
+    """Copy the base's tensors named `prefixes*` (dropped by transformers on load, so absent from the
+    saved model) into `out` unchanged, in a shard of their own listed in the index. Returns how many."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if not prefixes:
+        return 0
+    kept: dict[str, torch.Tensor] = {}
+    for f in sorted(base_path.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            kept.update({k: st.get_tensor(k) for k in st.keys() if k.startswith(prefixes)})
+    if not kept:
+        return 0
+    index_file = out / "model.safetensors.index.json"
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+    else:  # one unsharded file: give it an index so loaders that follow the index see both files
+        with safe_open(str(out / "model.safetensors"), "pt") as st:
+            index = {"metadata": {}, "weight_map": dict.fromkeys(st.keys(), "model.safetensors")}
+    clash = sorted(set(kept) & set(index["weight_map"]))
+    if clash:
+        raise MergeError(f"the merged weights already hold {clash[0]}: not overwriting it with the base's")
+    name = "model-kept.safetensors"
+    save_file(kept, str(out / name), metadata={"format": "pt"})
+    index["weight_map"].update(dict.fromkeys(kept, name))
+    index["weight_map"] = dict(sorted(index["weight_map"].items()))
+    index["metadata"]["total_size"] = sum(_tensor_bytes(out / f) for f in set(index["weight_map"].values()))
+    index_file.write_text(json.dumps(index, indent=2) + "\n")
+    return len(kept)
+
+
+def _tensor_bytes(file: Path) -> int:
+    """Bytes of tensor data in a safetensors file: its size less the 8-byte length and the header."""
+    with open(file, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+    return file.stat().st_size - 8 - header
 
 
 def check_disk(base_path: Path, out: Path, dtype: str) -> None:

@@ -202,6 +202,10 @@ class ModelFamily:
     package, so a stand-in BPE with the real special tokens at their real ids (`tiny_tokenizer_spec`)."""
     thinking: ClassVar[bool] = False
     """The official template writes `<think>` reasoning blocks (thinking on/off and reasoning in data)."""
+    kept_tensors: ClassVar[tuple[str, ...]] = ()
+    """Name prefixes of checkpoint tensors that transformers drops on load (its model class's
+    `_keys_to_ignore_on_load_unexpected`) but a server may still use, e.g. multi-token-prediction
+    heads for speculative decoding: `merge` copies them from the base into its output unchanged."""
     plans_layers: ClassVar[bool] = True
     """The memory planner can describe this generation's layers (`shapes`)."""
     gptq_blocks: ClassVar[str | None] = None
