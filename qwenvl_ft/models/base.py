@@ -38,6 +38,25 @@ class ModulePaths:
 
 
 @dataclass(frozen=True)
+class ThinkFormat:
+    """How a thinking generation's official template writes an assistant turn's reasoning.
+
+    A turn that shows its reasoning starts `<think>\n{reasoning}\n</think>\n\n` (an empty block
+    when it has none); which turns show it is `history`.
+    """
+
+    open: str = "<think>"
+    close: str = "</think>"
+    history: Literal["drop_earlier", "keep"] = "drop_earlier"
+    """Earlier turns' reasoning in the official template: "drop_earlier" shows it only on the assistant
+    turns after the last user turn (Qwen3.5); "keep" shows it on every assistant turn."""
+
+    def block(self, reasoning: str) -> str:
+        """The think block of one turn (`reasoning` already stripped; "" gives the empty block)."""
+        return f"{self.open}\n{reasoning}\n{self.close}\n\n"
+
+
+@dataclass(frozen=True)
 class ChatFormat:
     """How a conversation is rendered (ChatML for every generation, with generation-specific parts)."""
 
@@ -55,6 +74,10 @@ class ChatFormat:
     im_end: str = "<|im_end|>"
     stop_tokens: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
     """Tokens that end an answer: generation stops at the first and `predict` cuts there."""
+    trim_content: bool = False
+    """The official template strips whitespace around each turn's content (Jinja `|trim`)."""
+    think: ThinkFormat = ThinkFormat()
+    """Reasoning blocks; used only by families that declare `thinking`."""
 
 
 @dataclass(frozen=True)
