@@ -24,6 +24,7 @@ from .data.dataset import SFTDataset, build_dataset
 from .data.packing import PackedDataset, PackingCollator
 from .data.sources import Source
 from .models import resolve_family
+from .models.capabilities import check_capabilities
 from .training.modules import trainable_table
 from .training.outputs import DescribeCheckpoints, describe, plot_loss, prepare_output_dir, run_metadata
 from .training.setup import (
@@ -51,6 +52,7 @@ class TrainResult:
 def train(cfg: RecipeConfig) -> TrainResult:
     """Run the recipe: check data, build the model, train, save."""
     family = resolve_family(cfg.model.path, cfg.model.family)
+    check_capabilities(family, cfg)  # what the recipe needs, the family declares: refused here, by name
     check_compatible(cfg, checkpoint_meta(cfg.model.path))
     out, resume = prepare_output_dir(cfg)
     processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)

@@ -59,10 +59,12 @@ def standin_families() -> list[str]:
 
 
 def make_tiny(args: argparse.Namespace) -> int:
+    from ..models.capabilities import check_make_tiny
     from ..models.tiny import make_tiny as build
     from ..models.tiny import self_check
 
     family = get_family(args.family)
+    check_make_tiny(family)
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to overwrite it")

@@ -362,6 +362,10 @@ class ModelFamily:
         """A scaled-down copy of the published config (hidden sizes multiples of 32)."""
         raise NotImplementedError
 
+    def tiny_tokenizer_spec(self) -> Any:
+        """The stand-in tokenizer of a `tiny_tokenizer = "standin"` generation (models/tokenizer.py)."""
+        raise NotImplementedError(f"{self.title}: no stand-in tokenizer for tiny models")
+
     # -- visual token budgets --------------------------------------------------------------
     def resized_size(
         self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None

@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import RecipeConfig
+from ..models.capabilities import check_capabilities, check_plan
 from .estimate import GIB, Plan, Term, estimate
 from .levers import Lever, levers
 from .model import ModelFacts, load_facts, match_published
@@ -91,6 +92,8 @@ def plan_recipe(
     if nproc < 1 or images_per_sample < 0:
         raise ValueError("--nproc must be >= 1 and --images-per-sample >= 0")
     facts = load_facts(cfg.model.path, cfg.model.family, config)
+    check_plan(facts.family, facts.config)  # a family the planner cannot describe: one line, not a traceback
+    check_capabilities(facts.family, cfg)  # a recipe that training would refuse is refused here too
     setup, notes = setup_from_recipe(cfg, facts, nproc, images_per_sample)
     plan = estimate(facts, setup, notes)
     report = PlanReport(plan, facts, recipe)

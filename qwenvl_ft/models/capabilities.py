@@ -1,0 +1,78 @@
+"""Refuse, at start, what a family does not declare it can do: never run silently wrong.
+
+Shared code relies on a family's declared capabilities (`ModelFamily.packing_isolation`,
+`tiny_tokenizer`, `plans_layers`, ...). A new generation that declares a capability but does not
+implement it, or a recipe that needs one the family lacks, is stopped here with its name and the
+way out, before a model is loaded:
+
+    check_capabilities(family, cfg)     # train(): once, before anything else runs
+    check_plan(family, config)          # qwenvl-ft plan: the planner can describe the layers
+    check_make_tiny(family)             # qwenvl-ft make-tiny: a tiny config and a tokenizer source
+
+The tests build a family that declares linear-attention packing without installing it and check
+that each of these refuses it (tests/unit/models/test_capabilities.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..config.schema import ConfigError
+from .base import ModelFamily
+
+if TYPE_CHECKING:
+    from ..config import RecipeConfig
+
+
+def implements(family: ModelFamily, hook: str) -> bool:
+    """Whether the family's class overrides `ModelFamily.<hook>` (the base default refuses or does nothing)."""
+    return getattr(type(family), hook) is not getattr(ModelFamily, hook)
+
+
+def check_capabilities(family: ModelFamily, cfg: RecipeConfig) -> None:
+    """Raise ConfigError when the recipe needs something `family` does not declare or implement."""
+    _packing(family, cfg)
+    # Thinking: a recipe's thinking settings on a family with `thinking = False` are refused here
+    # (the check comes with the recipe's thinking fields).
+
+
+def _packing(family: ModelFamily, cfg: RecipeConfig) -> None:
+    """Packing is exact only when the family keeps packed samples apart in every layer.
+
+    "positions" is enough where attention is the only mixing across tokens (positions restart per
+    sample, transformers turns that into block-causal attention). Any other declared isolation
+    must be installed by `isolate_packed_samples`; the base default installs nothing.
+    """
+    if not cfg.data.packing or family.packing_isolation == "positions":
+        return
+    if not implements(family, "isolate_packed_samples"):
+        raise ConfigError(
+            f"data.packing: {family.title} ({family.name}) declares packing_isolation="
+            f"{family.packing_isolation!r} but installs no isolation (isolate_packed_samples), so packed "
+            "samples would leak into each other; set data.packing: false"
+        )
+
+
+def check_plan(family: ModelFamily, config: Any) -> None:
+    """Raise ValueError, in one line, when the memory planner cannot describe `family`'s layers."""
+    if not family.plans_layers:
+        raise ValueError(f"qwenvl-ft plan does not support {family.title} ({family.name}) yet")
+    try:
+        family.shapes(config)
+    except (AttributeError, KeyError, TypeError, NotImplementedError) as e:
+        # A family that reads another generation's config fields (or none): say which, not a traceback.
+        raise ValueError(
+            f"qwenvl-ft plan cannot describe the layers of {family.title} ({family.name}): "
+            f"{type(e).__name__}: {e}"
+        ) from None
+
+
+def check_make_tiny(family: ModelFamily) -> None:
+    """Raise NotImplementedError when `family` cannot build a tiny checkpoint offline."""
+    if not implements(family, "tiny_config"):
+        raise NotImplementedError(f"make-tiny: {family.title} ({family.name}) has no tiny config")
+    if family.tiny_tokenizer == "standin" and not implements(family, "tiny_tokenizer_spec"):
+        raise NotImplementedError(
+            f"make-tiny: {family.title} ({family.name}) declares tiny_tokenizer='standin' but gives no "
+            "stand-in tokenizer (tiny_tokenizer_spec)"
+        )

@@ -1,0 +1,44 @@
+"""Every registered family has its hand-worked test expectations (tests/family_facts.py).
+
+Per-family tests take their expected values from FACTS; a generation registered without them would
+be tested only where nothing is expected of it. This fails the suite instead, naming the family
+and the fields it lacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from family_facts import FACTS, incomplete, registered
+
+from qwenvl_ft.models import FAMILIES
+
+E2E = Path(__file__).resolve().parents[2] / "e2e"
+
+
+def test_every_registered_family_has_complete_facts():
+    missing = incomplete(FAMILIES)
+    assert not missing, "tests/family_facts.py is incomplete:\n" + "\n".join(missing)
+
+
+def test_facts_name_only_registered_families():
+    assert set(FACTS) <= set(FAMILIES), (
+        f"FACTS for unregistered families: {sorted(set(FACTS) - set(FAMILIES))}"
+    )
+
+
+def test_facts_agree_with_what_the_family_declares():
+    """Facts that mirror a declaration, checked both ways so neither drifts alone."""
+    from qwenvl_ft.models import ModelFamily
+
+    for name in registered(lambda f: name_complete(f.name)):
+        family, facts = FAMILIES[name], FACTS[name]
+        standin = type(family).standin_vision is not ModelFamily.standin_vision
+        assert facts.standin_vision == standin, name
+        assert set(facts.published_totals) == set(family.published_sizes.values()), name
+        assert facts.e2e_module is None or (E2E / facts.e2e_module).is_file(), name
+        assert facts.slow_e2e <= {"packed_run", "video"}, name
+
+
+def name_complete(name: str) -> bool:
+    return name in FACTS and not incomplete([name])
