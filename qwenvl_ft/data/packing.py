@@ -6,7 +6,11 @@ Each sample in a row keeps everything it would have alone:
 - rotary positions are the sample's own, computed by the family's rules (3-D mRoPE for Qwen2-VL
   and later, 1-D for the first generation);
 - the first token of each sample gets no target, so no label crosses a boundary, and the loss
-  is the mean over the same supervised tokens as an unpacked batch.
+  is the mean over the same supervised tokens as an unpacked batch;
+- layers whose state runs along the row outside attention (linear attention: a short convolution
+  and a recurrent state) learn the boundaries from `sample_index`, which sample of its row each
+  token belongs to. Every packed batch carries it; models without such layers ignore it, and
+  families with them install its use on the model (`ModelFamily.isolate_packed_samples`).
 
 Bins come from best-fit-decreasing over the token lengths the data check already computed, so
 packing reads no image. The bins depend only on the lengths and the seed: a resumed run gets the
@@ -153,12 +157,13 @@ class PackedDataset(Dataset):
 
 @dataclass
 class PackingCollator:
-    """Rows of packed samples -> model inputs with `position_ids` and no attention mask.
+    """Rows of packed samples -> model inputs with `position_ids`, `sample_index` and no attention mask.
 
     position_ids is (4, rows, tokens) for mRoPE generations: the per-sample text positions that
     transformers reads to keep attention inside each sample, then the three mRoPE rows; and
-    (rows, tokens) for 1-D rotary. Rows of one batch are padded to the longest with a dummy
-    sample of its own (own positions, no targets), so padding never joins a real sample.
+    (rows, tokens) for 1-D rotary. sample_index (rows, tokens) numbers the samples of each row
+    from 0. Rows of one batch are padded to the longest with a dummy sample of its own (own
+    positions and index, no targets), so padding never joins a real sample.
     """
 
     pad_token_id: int
@@ -166,7 +171,8 @@ class PackingCollator:
     def __call__(self, rows: list[list[tuple[Encoded, torch.Tensor]]]) -> dict[str, torch.Tensor | bool]:
         built = [self._row(row) for row in rows]
         longest = max(r["input_ids"].numel() for r in built)
-        batch: dict[str, list[torch.Tensor]] = {k: [] for k in ("input_ids", "labels", "mm", "text", "rope")}
+        keys = ("input_ids", "labels", "mm", "text", "rope", "sample")
+        batch: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for r in built:
             pad = longest - r["input_ids"].numel()
             batch["input_ids"].append(_pad(r["input_ids"], pad, self.pad_token_id))
@@ -174,6 +180,7 @@ class PackingCollator:
             batch["mm"].append(_pad(r["mm"], pad, 0))
             batch["text"].append(torch.cat([r["text"], torch.arange(pad)]))
             batch["rope"].append(torch.cat([r["rope"], torch.arange(pad).expand(r["rope"].size(0), -1)], 1))
+            batch["sample"].append(_pad(r["sample"], pad, int(r["sample"][-1]) + 1))
         text = torch.stack(batch["text"])
         rope = torch.stack(batch["rope"], dim=1)  # (R, rows, tokens)
         out = {
@@ -181,6 +188,7 @@ class PackingCollator:
             "labels": torch.stack(batch["labels"]),
             "mm_token_type_ids": torch.stack(batch["mm"]),
             "position_ids": text if rope.size(0) == 1 else torch.cat([text[None], rope]),
+            "sample_index": torch.stack(batch["sample"]),
             # With a KV cache transformers skips the per-sample mask and attention would cross
             # samples; training never needs the cache.
             "use_cache": False,
@@ -201,6 +209,7 @@ class PackingCollator:
             "mm": torch.cat([torch.tensor(enc.mm_token_type_ids) for enc, _ in row]),
             "text": torch.cat([torch.arange(len(enc.input_ids)) for enc, _ in row]),
             "rope": torch.cat([pos for _, pos in row], dim=1),
+            "sample": torch.cat([torch.full((len(enc.input_ids),), i) for i, (enc, _) in enumerate(row)]),
         }
 
 
