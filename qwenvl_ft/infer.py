@@ -4,9 +4,12 @@
     answers = predictor.generate([(conversation, images)])  # greedy by default
 
 A prompt is the conversation rendered exactly as the training encoder renders it (same chat
-format, image tokens and box convention), ending with the assistant header; so what a model
-learned is what it is asked. Answers keep their special tokens (box tokens are the grounding
-answer); only the closing <|im_end|> / <|endoftext|> is cut.
+format, image tokens and box convention), ending with the family's generation prompt (the
+assistant header; on thinking generations with the think block opened, or an empty one when
+`thinking` is off); so what a model learned is what it is asked. Generation stops at the family's
+stop tokens, which are cut. Answers keep their other special tokens (box tokens are the grounding
+answer); the reasoning of a thinking generation is split off (`generate_answers` keeps it apart,
+`generate` drops it), so boxes are parsed and answers scored on the answer alone.
 """
 
 from __future__ import annotations
@@ -21,9 +24,33 @@ from .data.conversation import Conversation
 from .data.encode import Encoded, Piece, render, tokenize
 from .merge import load_source, read_run
 from .models import get_family, resolve_family
-from .models.base import ModelFamily
+from .models.base import ModelFamily, ThinkFormat
 from .models.processor import VLProcessor
 from .training.setup import DTYPES
+
+
+@dataclass
+class Answer:
+    text: str
+    """The answer, without its reasoning."""
+    reasoning: str | None = None
+    """The reasoning before it (None: the answer gave none)."""
+
+
+def split_reasoning(text: str, think: ThinkFormat, opened: bool) -> Answer:
+    """A thinking generation's output as (reasoning, answer).
+
+    opened: the prompt ended inside an open think block, so the output starts with reasoning;
+    otherwise only an output that opens a block itself has reasoning. Reasoning that the token
+    budget cut before its closing tag leaves an empty answer.
+    """
+    if not opened:
+        head = text.lstrip()
+        if not head.startswith(think.open):
+            return Answer(text)
+        text = head[len(think.open) :]
+    reasoning, closed, rest = text.partition(think.close)
+    return Answer(rest.lstrip("\n") if closed else "", reasoning.strip())
 
 
 @dataclass
@@ -31,10 +58,25 @@ class Predictor:
     model: torch.nn.Module
     processor: VLProcessor
     family: ModelFamily
+    thinking: bool | None = None
+    """Thinking on (True) or off (False) in the prompt; None: the checkpoint's default. Only for
+    generations that declare `thinking`."""
+
+    def __post_init__(self) -> None:
+        if self.thinking is not None and not self.family.thinking:
+            raise ValueError(
+                f"thinking {'on' if self.thinking else 'off'}: {self.family.title} ({self.family.name}) "
+                "has no thinking mode"
+            )
 
     @classmethod
     def load(
-        cls, path: str | Path, dtype: str = "fp32", device: str | None = None, base: str | Path | None = None
+        cls,
+        path: str | Path,
+        dtype: str = "fp32",
+        device: str | None = None,
+        base: str | Path | None = None,
+        thinking: bool | None = None,
     ) -> Predictor:
         """A base, merged or fully fine-tuned checkpoint directory, or a LoRA run / checkpoint directory."""
         path = Path(path)
@@ -49,17 +91,18 @@ class Predictor:
             )
         else:
             family = resolve_family(str(path), None)
+            if thinking is not None and not family.thinking:  # refused before the weights load
+                cls(None, None, family, thinking)
             model = family.load_model(str(path), dtype=torch_dtype)
             processor = family.load_processor(str(path))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device).eval(), processor, family)
+        return cls(model.to(device).eval(), processor, family, thinking)
 
     def prompt(self, conv: Conversation, images: list[Image.Image]) -> Encoded:
-        """The conversation (ending with a user turn) and the assistant header, as the model input."""
-        chat = self.family.chat
+        """The conversation (ending with a user turn) and the generation prompt, as the model input."""
         pieces = render(conv, self.processor, images) + [
-            Piece(chat.im_start, False, True),
-            Piece("assistant\n", False),
+            Piece(self.family.chat.im_start, False, True),
+            Piece(self.family.generation_prompt(self.thinking), False),
         ]
         ids, labels, types = tokenize(pieces, self.processor.tokenizer)
         pixels = self.processor.images(images) if images else {}
@@ -73,15 +116,37 @@ class Predictor:
         batch_size: int = 8,
         **generation: object,
     ) -> list[str]:
-        """One answer per (conversation, images); greedy unless `generation` says otherwise."""
-        out: list[str] = []
+        """One answer per (conversation, images), reasoning removed; greedy unless `generation` says otherwise."""
+        return [a.text for a in self.generate_answers(samples, max_new_tokens, batch_size, **generation)]
+
+    @torch.no_grad()
+    def generate_answers(
+        self,
+        samples: list[tuple[Conversation, list[Image.Image]]],
+        max_new_tokens: int = 128,
+        batch_size: int = 8,
+        **generation: object,
+    ) -> list[Answer]:
+        """One answer per (conversation, images), with its reasoning apart."""
+        tok = self.processor.tokenizer
+        generation.setdefault("eos_token_id", self._stop_ids())
+        generation.setdefault("pad_token_id", tok.pad_token_id)
+        out: list[Answer] = []
         for start in range(0, len(samples), batch_size):
             prompts = [self.prompt(c, images) for c, images in samples[start : start + batch_size]]
             inputs = self._batch(prompts)
             ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generation)
             new = ids[:, inputs["input_ids"].shape[1] :]
-            out += [self._answer(row) for row in new.tolist()]
+            out += [self.split(self._text(row)) for row in new.tolist()]
         return out
+
+    def split(self, text: str) -> Answer:
+        """Generated text (stop token cut) as reasoning and answer, for this predictor's prompt."""
+        if not self.family.thinking:
+            return Answer(text)
+        think = self.family.chat.think
+        opened = self.family.generation_prompt(self.thinking).endswith(think.open + "\n")
+        return split_reasoning(text, think, opened)
 
     def _batch(self, prompts: list[Encoded]) -> dict[str, torch.Tensor]:
         """Left-padded: every prompt ends where generation starts."""
@@ -105,8 +170,11 @@ class Predictor:
         dtype = next(self.model.parameters()).dtype
         return {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
 
-    def _answer(self, ids: list[int]) -> str:
-        tok = self.processor.tokenizer
-        stops = {tok.convert_tokens_to_ids(t) for t in (self.family.chat.im_end, "<|endoftext|>")}
+    def _stop_ids(self) -> list[int]:
+        return self.processor.tokenizer.convert_tokens_to_ids(list(self.family.chat.stop_tokens))
+
+    def _text(self, ids: list[int]) -> str:
+        """Generated ids up to the first stop token, as text with the other special tokens kept."""
+        stops = set(self._stop_ids())
         cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-        return tok.decode(ids[:cut], skip_special_tokens=False)
+        return self.processor.tokenizer.decode(ids[:cut], skip_special_tokens=False)

@@ -57,6 +57,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
     out, resume = prepare_output_dir(cfg)
     processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
     processor.video_config = cfg.data.video
+    processor.thinking = cfg.data.thinking
 
     dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
     eval_set = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DatasetSpec, VideoConfig
-from ..config.schema import DataFormat
+from ..config.schema import DataFormat, Thinking
 from ..models import FAMILIES, get_family, resolve_family
 
 
@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["all_assistant", "last_assistant", "original_qwen_vl"],
         default="all_assistant",
     )
+    c.add_argument(
+        "--thinking", choices=list(Thinking.__args__), help="how reasoning is rendered (recipe data.thinking)"
+    )
     c.add_argument("--fps", type=float, help="video frames sampled per second (default: the generation's, 2)")
     c.add_argument("--num-frames", type=int, help="a fixed number of frames per video instead of --fps")
     c.add_argument("--max-frames", type=int, help="at most this many frames per video")
@@ -93,6 +96,7 @@ def check(args: argparse.Namespace) -> int:
         fps=args.fps, num_frames=args.num_frames, max_frames=args.max_frames, max_pixels=args.video_max_pixels
     )
     processor.video_config.validate()
+    processor.thinking = args.thinking
     _, report = check_specs(
         [DatasetSpec(path=p, format=args.format, image_root=args.image_root) for p in args.data],
         processor,

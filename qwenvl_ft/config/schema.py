@@ -14,6 +14,7 @@ from typing import Literal
 
 Dtype = Literal["bf16", "fp16", "fp32"]
 DataFormat = Literal["auto", "qwen_vl", "llava", "messages", "openai"]
+Thinking = Literal["template", "drop_earlier", "keep", "drop"]
 
 
 class ConfigError(ValueError):
@@ -158,6 +159,15 @@ class DataConfig:
     """Unpacked runs: batch samples of similar length together (less padding), order still random."""
     video: VideoConfig = field(default_factory=VideoConfig)
     """Frame sampling and pixel budgets of video samples."""
+    thinking: Thinking | None = None
+    """Assistant reasoning (`reasoning_content` or a leading `<think>...</think>` in the data), for the
+    generations with a thinking mode. template: as the checkpoint's official template renders the
+    conversation (Qwen3.5: reasoning only on the answers after the last user turn, earlier turns'
+    dropped); drop_earlier: that rule whatever the template; keep: every answer's reasoning; drop: no
+    reasoning anywhere, every turn rendered as the template renders one without. Rendered reasoning is
+    supervised with its <think> tags; the empty block the template writes on a turn without reasoning
+    is prompt, as at inference with thinking off. None: template on thinking generations; on the
+    others data with reasoning is refused unless this is drop."""
 
     def validate(self) -> None:
         if not self.train:

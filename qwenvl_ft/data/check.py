@@ -226,6 +226,7 @@ def check_sources(
                 processor.min_pixels,
                 processor.max_pixels,
                 asdict(processor.video_config) if processor.video_config is not None else None,
+                processor.thinking,
                 max_length,
                 overlength,
                 supervise,

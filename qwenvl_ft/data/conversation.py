@@ -50,6 +50,9 @@ class Segment:
 class Turn:
     role: Role
     segments: list[Segment] = field(default_factory=list)
+    reasoning: str | None = None
+    """An assistant turn's reasoning (a `reasoning_content` field or a leading `<think>...</think>`),
+    kept apart from its answer: the recipe's `data.thinking` decides whether it is rendered."""
 
 
 @dataclass

@@ -7,6 +7,12 @@ By default every assistant turn's content and its closing `<|im_end|>` are super
 role header, the newline after `<|im_end|>`, system and user turns are -100. `original_qwen_vl`
 reproduces the original Qwen-VL finetune.py: it also supervises every `<|im_start|>` and every
 turn's closing `<|im_end|>` and newline, system and user turns included.
+
+Reasoning (`Turn.reasoning`) is rendered on the generations that declare `thinking`, as their
+official template writes it (`ChatFormat.think`): a `<think>\n...\n</think>\n\n` block after the
+assistant header, on the turns the recipe's `data.thinking` (the processor's `thinking`) shows it
+on; it is supervised with its tags. A shown turn without reasoning gets the template's empty block,
+which stays prompt (-100): with thinking off, inference writes it into the prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .conversation import Box, Conversation
+from .readers import DataError
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +69,7 @@ def render(
     chat = processor.family.chat
     turns = list(conv.turns)
     last_assistant = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=-1)
+    shown = shown_reasoning(conv, processor)
     pieces: list[Piece] = []
     frame = supervise == "original_qwen_vl"  # the ChatML frame tokens are targets too
     if chat.default_system is not None and (not turns or turns[0].role != "system"):
@@ -75,6 +83,9 @@ def render(
     for i, turn in enumerate(turns):
         sup = turn.role == "assistant" and (supervise != "last_assistant" or i == last_assistant)
         pieces += [Piece(chat.im_start, frame, True), Piece(f"{turn.role}\n", False)]
+        if shown[i] is not None:
+            pieces.append(Piece(chat.think.block(shown[i]), sup and bool(shown[i])))
+        content_start = len(pieces)
         for seg in turn.segments:
             if seg.kind == "text":
                 pieces.append(Piece(str(seg.value), sup))
@@ -107,8 +118,51 @@ def render(
                         pieces.append(Piece(token, False, True, repeat, modality=modality))
             else:
                 raise ValueError(f"{conv.id}: unknown segment kind {seg.kind!r}")
+        if chat.trim_content:
+            _trim(pieces, content_start)
         pieces += [Piece(chat.im_end, sup or frame, True), Piece("\n", frame)]
     return pieces
+
+
+def shown_reasoning(conv: Conversation, processor: VLProcessor) -> list[str | None]:
+    """Per turn, the reasoning its think block shows ("" for the empty block), or None for no block:
+    the family's official template as the recipe's `data.thinking` (`processor.thinking`) adjusts it.
+
+    Raises DataError when the conversation carries reasoning that this recipe cannot render.
+    """
+    family, mode, turns = processor.family, processor.thinking, conv.turns
+    reasoning = [(t.reasoning or "").strip() for t in turns]
+    if not family.thinking:
+        if mode not in (None, "drop"):
+            raise DataError(f"data.thinking: {mode}, but {family.title} ({family.name}) has no thinking mode")
+        if mode is None and any(reasoning):
+            first = next(i for i, r in enumerate(reasoning) if r)
+            raise DataError(
+                f"turn {first + 1} carries reasoning, but {family.title} ({family.name}) has no thinking "
+                "mode: set data.thinking: drop to train on the answers without it"
+            )
+        return [None] * len(turns)
+    history = family.chat.think.history if mode in (None, "template", "drop") else mode
+    # The template's last query is the last user turn: the assistant turns after it show reasoning.
+    last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=-1)
+    return [
+        ("" if mode == "drop" else reasoning[i])
+        if t.role == "assistant" and (history == "keep" or i > last_user)
+        else None
+        for i, t in enumerate(turns)
+    ]
+
+
+def _trim(pieces: list[Piece], start: int) -> None:
+    """Strip whitespace around the content pieces[start:] as the template's `|trim` does on the text."""
+    for step in (1, -1):
+        ends = range(start, len(pieces)) if step == 1 else range(len(pieces) - 1, start - 1, -1)
+        for j in ends:
+            if pieces[j].special:
+                break
+            pieces[j].text = pieces[j].text.lstrip() if step == 1 else pieces[j].text.rstrip()
+            if pieces[j].text:
+                break
 
 
 def box_text(box: Box, images: list[Image.Image], processor: VLProcessor, where: str) -> str:

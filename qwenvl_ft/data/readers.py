@@ -9,6 +9,11 @@ Formats (detected per record with format "auto"):
              `<ref-object>`, `<bbox>` placeholders; boxes in pixels (or "bbox_type": "norm1000").
 - openai:   {"messages": [{"role", "content": [{"type": "image", "image"}, {"type": "text", "text"}]}]}.
 
+Reasoning, in every format: an assistant message's `reasoning_content` field (OpenAI / ms-swift
+style) or a `<think>...</think>` block opening its text becomes the turn's `reasoning`, apart from
+its answer. A `<think>` that is never closed, a tag anywhere but at the start of the first text,
+reasoning given twice, or reasoning in a system or user turn is a `DataError`.
+
 Every error names the sample as `file:line` (JSONL), `file[index]` (JSON) and its id. Whatever a
 record holds (wrong types, NaN, bad UTF-8, nesting too deep), reading it raises `DataError`, never
 another exception.
@@ -39,6 +44,7 @@ _QWEN_VL_TOKENS = re.compile(
     re.S,
 )
 _PLACEHOLDERS = re.compile(r"<image>|<video>|<ref-object>|<bbox>")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 class DataError(ValueError):
@@ -129,10 +135,53 @@ def _role(raw: Any) -> str:
     return ROLE_ALIASES[raw]
 
 
+def _has_think_tag(text: Any) -> bool:
+    return isinstance(text, str) and (THINK_OPEN in text or THINK_CLOSE in text)
+
+
+def _split_think(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a text that opens with `<think>...</think>`; the answer loses the
+    newlines after `</think>`, as the official template strips them."""
+    head = text.lstrip()
+    if not head.startswith(THINK_OPEN):
+        tag = THINK_OPEN if THINK_OPEN in text else THINK_CLOSE
+        raise DataError(f"{tag} inside the text: reasoning must open the turn as <think>...</think>")
+    end = head.find(THINK_CLOSE)
+    if end < 0:
+        raise DataError(f"{THINK_OPEN} is never closed by {THINK_CLOSE}")
+    reasoning, rest = head[len(THINK_OPEN) : end], head[end + len(THINK_CLOSE) :]
+    if _has_think_tag(reasoning) or _has_think_tag(rest):
+        raise DataError(f"more than one {THINK_OPEN} block: give one, at the start of the turn")
+    return reasoning.strip(), rest.lstrip("\n")
+
+
+def _reasoning(msg: dict[str, Any], role: str, k: int, text: Any) -> tuple[str | None, Any]:
+    """(reasoning or None, text without it) of message `k` (0-based): its `reasoning_content`
+    field or a `<think>` block opening `text` (text that is not a string is returned as it is)."""
+    field = msg.get("reasoning_content")
+    if field is not None and not isinstance(field, str):
+        raise DataError(f"turn {k + 1}: reasoning_content must be a string, got {type(field).__name__}")
+    block = None
+    if _has_think_tag(text):
+        try:
+            block, text = _split_think(text)
+        except DataError as e:
+            raise DataError(f"turn {k + 1} ({role}): {e}") from None
+    if field and block is not None:
+        raise DataError(f"turn {k + 1}: reasoning given twice, in reasoning_content and in a <think> block")
+    reasoning = block if block is not None else field
+    # An empty reasoning_content on a user turn is an export artefact, not reasoning.
+    if role != "assistant" and (block is not None or field):
+        raise DataError(f"turn {k + 1}: reasoning in a {role} turn: only assistant turns carry reasoning")
+    return reasoning, text
+
+
 def _read_qwen_vl(record: dict[str, Any], base: Path) -> Conversation:
     turns, n_images = [], 0
-    for msg in record["conversations"]:
-        text, segments, pos = msg["value"], [], 0
+    for k, msg in enumerate(record["conversations"]):
+        role = _role(msg["from"])
+        reasoning, text = _reasoning(msg, role, k, msg["value"])
+        segments, pos = [], 0
         for m in _QWEN_VL_TOKENS.finditer(text):
             if m.start() > pos:
                 segments.append(Segment("text", text[pos : m.start()]))
@@ -148,7 +197,7 @@ def _read_qwen_vl(record: dict[str, Any], base: Path) -> Conversation:
             pos = m.end()
         if pos < len(text):
             segments.append(Segment("text", text[pos:]))
-        turns.append(Turn(_role(msg["from"]), segments))
+        turns.append(Turn(role, segments, reasoning))
     return Conversation(id="", turns=turns)
 
 
@@ -157,15 +206,25 @@ def _read_llava(record: dict[str, Any], base: Path) -> Conversation:
     images = [images] if isinstance(images, str) else list(images)
     videos = record.get("video", [])
     videos = [videos] if isinstance(videos, str) else list(videos)
-    msgs = [{"role": _role(m["from"]), "content": m["value"]} for m in record["conversations"]]
+    msgs = _with_reasoning(record["conversations"], "from", "value")
     return _placeholders(msgs, images, videos, None, base, llava=True)
 
 
 def _read_messages(record: dict[str, Any], base: Path) -> Conversation:
-    msgs = [{"role": _role(m["role"]), "content": m["content"]} for m in record["messages"]]
+    msgs = _with_reasoning(record["messages"], "role", "content")
     return _placeholders(
         msgs, record.get("images", []), record.get("videos", []), record.get("objects"), base
     )
+
+
+def _with_reasoning(raw: list[dict[str, Any]], role_key: str, text_key: str) -> list[dict[str, Any]]:
+    """Messages as {"role", "content", "reasoning"}: the reasoning taken out of the text."""
+    msgs = []
+    for k, m in enumerate(raw):
+        role = _role(m[role_key])
+        reasoning, content = _reasoning(m, role, k, m[text_key])
+        msgs.append({"role": role, "content": content, "reasoning": reasoning})
+    return msgs
 
 
 def _placeholders(msgs, images, videos, objects, base: Path, llava: bool = False) -> Conversation:
@@ -215,7 +274,7 @@ def _placeholders(msgs, images, videos, objects, base: Path, llava: bool = False
                 segments.append(Segment("box", Box(*map(float, value), image=img, normalized=normalized)))
         if pos < len(text):
             segments.append(Segment("text", text[pos:]))
-        turns.append(Turn(msg["role"], segments))
+        turns.append(Turn(msg["role"], segments, msg["reasoning"]))
     for tag, queue in queues.items():
         if counts[tag] != len(queue):
             name = {
@@ -234,15 +293,20 @@ def _is_number(v: Any) -> bool:
 
 def _read_openai(record: dict[str, Any], base: Path) -> Conversation:
     turns = []
-    for msg in record["messages"]:
-        content = msg["content"]
+    for k, msg in enumerate(record["messages"]):
+        role, content = _role(msg["role"]), msg["content"]
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        segments = []
-        for part in content:
-            kind = part.get("type") or next((k for k in ("image", "video", "text") if k in part), None)
+        segments, reasoning = [], None
+        for j, part in enumerate(content):
+            kind = part.get("type") or next((key for key in ("image", "video", "text") if key in part), None)
             if kind == "text":
-                segments.append(Segment("text", part["text"]))
+                text = part["text"]
+                if j == 0:  # reasoning opens the turn: a <think> block in its first part
+                    reasoning, text = _reasoning(msg, role, k, text)
+                elif _has_think_tag(text):
+                    raise DataError(f"turn {k + 1} ({role}): a think tag after the first content part")
+                segments.append(Segment("text", text))
             elif kind in ("image", "image_url"):
                 value = part.get("image") or part.get("image_url")
                 value = value.get("url") if isinstance(value, dict) else value
@@ -253,7 +317,9 @@ def _read_openai(record: dict[str, Any], base: Path) -> Conversation:
                 raise DataError(
                     f"unknown content part type {kind!r} (expected text, image, image_url or video)"
                 )
-        turns.append(Turn(_role(msg["role"]), segments))
+        if reasoning is None and (not content or segments[0].kind != "text"):
+            reasoning = _reasoning(msg, role, k, None)[0]  # the field alone, when no text comes first
+        turns.append(Turn(role, segments, reasoning))
     return Conversation(id="", turns=turns)
 
 

@@ -32,8 +32,18 @@ def implements(family: ModelFamily, hook: str) -> bool:
 def check_capabilities(family: ModelFamily, cfg: RecipeConfig) -> None:
     """Raise ConfigError when the recipe needs something `family` does not declare or implement."""
     _packing(family, cfg)
-    # Thinking: a recipe's thinking settings on a family with `thinking = False` are refused here
-    # (the check comes with the recipe's thinking fields).
+    _thinking(family, cfg)
+
+
+def _thinking(family: ModelFamily, cfg: RecipeConfig) -> None:
+    """`data.thinking` renders reasoning the family's official template writes; a family without a
+    thinking mode accepts only `drop` (train on the answers, the data's reasoning left out)."""
+    if family.thinking or cfg.data.thinking in (None, "drop"):
+        return
+    raise ConfigError(
+        f"data.thinking: {cfg.data.thinking}, but {family.title} ({family.name}) has no thinking mode; "
+        "remove it, or set data.thinking: drop to train on data with reasoning without it"
+    )
 
 
 def _packing(family: ModelFamily, cfg: RecipeConfig) -> None:

@@ -29,6 +29,8 @@ class VLProcessor:
     """transformers `Qwen2VLImageProcessorPil` configured for the family."""
     video_config: Any = None
     """The recipe's `data.video` (frame sampling and budgets); None: the generation's published rules."""
+    thinking: str | None = None
+    """The recipe's `data.thinking` (how reasoning is rendered); None: the official template's way."""
 
     @classmethod
     def from_pretrained(

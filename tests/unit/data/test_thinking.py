@@ -1,0 +1,271 @@
+"""Reasoning in training data, rendered as the official template renders it.
+
+Every thinking family of the registry (a Qwen3-VL double that declares thinking with Qwen3.5's
+official template stands in while none is registered) is checked token for token against its own
+`chat_template` run through `tokenizer.apply_chat_template`, with images, one and several turns,
+with and without reasoning; the label masks against hand-written supervised spans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import qwenvl_ft
+from qwenvl_ft.data.conversation import Conversation, Segment, Turn
+from qwenvl_ft.data.encode import IGNORE, encode
+from qwenvl_ft.data.readers import DataError, to_conversation
+from qwenvl_ft.infer import Predictor
+from qwenvl_ft.models import FAMILIES, get_family
+from qwenvl_ft.models.processor import VLProcessor
+from qwenvl_ft.models.qwen3_vl import CHAT_3, Qwen3VLFamily
+from qwenvl_ft.models.tokenizer import build_tokenizer
+
+TEMPLATE_3_5 = (Path(qwenvl_ft.__file__).parent / "models/qwen3_5/chat_template.jinja").read_text()
+
+
+class ThinkingDouble(Qwen3VLFamily):
+    """Qwen3-VL declaring thinking with Qwen3.5's official template: stands in for a registered one."""
+
+    name = "thinking_double"
+    title = "thinking double"
+    thinking = True
+    chat = replace(CHAT_3, trim_content=True)
+    chat_template = TEMPLATE_3_5
+
+    def generation_prompt(self, thinking: bool | None = None) -> str:
+        return "assistant\n<think>\n\n</think>\n\n" if thinking is False else "assistant\n<think>\n"
+
+
+THINKING = [f for f in FAMILIES.values() if f.thinking] or [ThinkingDouble()]
+
+
+def tokenizer_for(family):
+    spec = getattr(family, "tiny_tokenizer_spec", None)
+    if family.tiny_tokenizer == "standin" and spec is not None:
+        from qwenvl_ft.models.tokenizer import build_standin_tokenizer
+
+        return build_standin_tokenizer(spec(), family.chat_template)
+    return build_tokenizer(family.special_tokens, family.chat_template)
+
+
+_PROCESSORS: dict[str, VLProcessor] = {}
+
+
+def processor_for(family, thinking: str | None = None) -> VLProcessor:
+    if family.name not in _PROCESSORS:
+        _PROCESSORS[family.name] = VLProcessor.for_family(family, tokenizer_for(family))
+    return replace(_PROCESSORS[family.name], thinking=thinking)
+
+
+@pytest.fixture(params=THINKING, ids=lambda f: f.name)
+def family(request):
+    return request.param
+
+
+RED = Image.new("RGB", (64, 64), (200, 30, 30))
+
+
+def official_ids(proc: VLProcessor, messages: list[dict], images=(), template: str | None = None, **kw):
+    """The official template through apply_chat_template, each image pad expanded to its token count
+    (what the real processor does), tokenized whole."""
+    tok = proc.tokenizer
+    text = tok.apply_chat_template(messages, tokenize=False, chat_template=template, **kw)
+    pad = proc.family.chat.image_pad
+    parts = text.split(pad)
+    assert len(parts) == len(images) + 1
+    counts = [proc.image_tokens(im.height, im.width) for im in images]
+    text = parts[0] + "".join(pad * n + part for n, part in zip(counts, parts[1:], strict=True))
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def supervised_spans(proc: VLProcessor, ids: list[int], labels: list[int]) -> list[str]:
+    """Each maximal run of supervised tokens, decoded."""
+    spans, run = [], []
+    for t, lab in zip([*ids, None], [*labels, IGNORE], strict=True):
+        assert lab in (IGNORE, t)
+        if lab != IGNORE:
+            run.append(t)
+        elif run:
+            spans.append(proc.tokenizer.decode(run, skip_special_tokens=False))
+            run = []
+    return spans
+
+
+def read(record: dict) -> Conversation:
+    return to_conversation(record, "data.jsonl:1", "auto", Path("."))
+
+
+def user_image(text: str) -> dict:
+    return {
+        "role": "user",
+        "content": [{"type": "image", "image": "red.png"}, {"type": "text", "text": text}],
+    }
+
+
+def encode_record(proc: VLProcessor, record: dict, images=(), supervise="all_assistant"):
+    conv = read(record)
+    conv.turns = [
+        Turn(t.role, [Segment("image", RED) if s.kind == "image" else s for s in t.segments], t.reasoning)
+        for t in conv.turns
+    ]
+    return encode(conv, proc, list(images), supervise)
+
+
+def test_one_turn_with_reasoning_and_an_image(family):
+    proc = processor_for(family)
+    messages = [
+        user_image("What is this?"),
+        {"role": "assistant", "reasoning_content": "Red pixels, square.", "content": "A red square."},
+    ]
+    enc = encode_record(proc, {"messages": messages}, [RED])
+    assert enc.input_ids == official_ids(proc, messages, [RED])
+    assert supervised_spans(proc, enc.input_ids, enc.labels) == [
+        "<think>\nRed pixels, square.\n</think>\n\nA red square.<|im_end|>"
+    ]
+    assert enc.mm_token_type_ids.count(1) == proc.image_tokens(64, 64)
+
+
+def test_think_block_in_the_text_equals_the_field(family):
+    proc = processor_for(family)
+    raw = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
+    ]
+    field = [raw[0], {"role": "assistant", "reasoning_content": "Greet back.", "content": "Hello!"}]
+    enc = encode_record(proc, {"messages": raw})
+    # The template reads a <think> block out of the content itself: both spellings render alike.
+    assert enc.input_ids == official_ids(proc, raw) == official_ids(proc, field)
+    assert supervised_spans(proc, enc.input_ids, enc.labels) == [
+        "<think>\nGreet back.\n</think>\n\nHello!<|im_end|>"
+    ]
+
+
+def test_earlier_turns_lose_their_reasoning(family):
+    """Qwen3.5's template: only the answer after the last user turn shows reasoning."""
+    assert family.chat.think.history == "drop_earlier"
+    proc = processor_for(family)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        user_image("What is this?"),
+        {"role": "assistant", "reasoning_content": "Red.", "content": "A red square."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "reasoning_content": "Yes, red.", "content": "Yes."},
+    ]
+    enc = encode_record(proc, {"messages": messages}, [RED])
+    assert enc.input_ids == official_ids(proc, messages, [RED])
+    assert supervised_spans(proc, enc.input_ids, enc.labels) == [
+        "A red square.<|im_end|>",
+        "<think>\nYes, red.\n</think>\n\nYes.<|im_end|>",
+    ]
+    last = encode_record(proc, {"messages": messages}, [RED], supervise="last_assistant")
+    assert supervised_spans(proc, last.input_ids, last.labels) == [
+        "<think>\nYes, red.\n</think>\n\nYes.<|im_end|>"
+    ]
+
+
+def test_turns_without_reasoning_get_the_empty_block_as_prompt(family):
+    proc = processor_for(family)
+    messages = [
+        {"role": "user", "content": "  Hi \n"},  # the template trims every turn's content
+        {"role": "assistant", "content": "Hello.\n"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": " Bye."},
+    ]
+    enc = encode_record(proc, {"messages": messages})
+    assert enc.input_ids == official_ids(proc, messages)
+    text = proc.tokenizer.decode(enc.input_ids)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nBye.<|im_end|>\n")
+    # The empty block is what inference with thinking off writes into the prompt: never a target.
+    assert supervised_spans(proc, enc.input_ids, enc.labels) == ["Hello.<|im_end|>", "Bye.<|im_end|>"]
+
+
+def keep_template(template: str) -> str:
+    """Qwen3.6's published change: earlier turns keep their reasoning when preserve_thinking is true."""
+    old = "{%- if loop.index0 > ns.last_query_index %}"
+    assert template.count(old) == 1
+    new = "{%- if (preserve_thinking is defined and preserve_thinking is true) or (loop.index0 > ns.last_query_index) %}"
+    return template.replace(old, new)
+
+
+def test_keep_renders_every_turns_reasoning(family):
+    proc = processor_for(family, "keep")
+    messages = [
+        {"role": "user", "content": "One?"},
+        {"role": "assistant", "reasoning_content": "Count.", "content": "1"},
+        {"role": "user", "content": "Two?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "Three?"},
+        {"role": "assistant", "reasoning_content": "Count again.", "content": "3"},
+    ]
+    enc = encode_record(proc, {"messages": messages})
+    template = keep_template(family.chat_template)
+    assert enc.input_ids == official_ids(proc, messages, template=template, preserve_thinking=True)
+    assert supervised_spans(proc, enc.input_ids, enc.labels) == [
+        "<think>\nCount.\n</think>\n\n1<|im_end|>",
+        "2<|im_end|>",
+        "<think>\nCount again.\n</think>\n\n3<|im_end|>",
+    ]
+
+
+TWO_ANSWERS_REASONED = [
+    {"role": "user", "content": "One?"},
+    {"role": "assistant", "reasoning_content": "Count.", "content": "1"},
+    {"role": "user", "content": "Two?"},
+    {"role": "assistant", "reasoning_content": "Count more.", "content": "2"},
+]
+
+
+@pytest.mark.parametrize("mode", ["template", "drop_earlier"])
+def test_template_and_drop_earlier(family, mode):
+    proc = processor_for(family, mode)
+    messages = TWO_ANSWERS_REASONED
+    enc = encode_record(proc, {"messages": messages})
+    assert enc.input_ids == official_ids(proc, messages)
+
+
+def test_drop_renders_as_if_there_were_no_reasoning(family):
+    proc = processor_for(family, "drop")
+    messages = TWO_ANSWERS_REASONED
+    bare = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
+    enc = encode_record(proc, {"messages": messages})
+    assert enc.input_ids == official_ids(proc, bare)
+    assert supervised_spans(proc, enc.input_ids, enc.labels) == ["1<|im_end|>", "2<|im_end|>"]
+
+
+@pytest.mark.parametrize("thinking", [None, True, False])
+def test_generation_prompt_equals_the_template(family, thinking):
+    """Predictor's prompt ends with the family's generation prompt, as add_generation_prompt writes it."""
+    proc = processor_for(family)
+    messages = [
+        user_image("What is this?"),
+        {"role": "assistant", "reasoning_content": "Red.", "content": "A red square."},
+        {"role": "user", "content": "Sure?"},
+    ]
+    conv = read({"messages": messages})
+    conv.turns[0].segments[0] = Segment("image", RED)
+    prompt = Predictor(None, proc, family, thinking=thinking).prompt(conv, [RED])
+    kw = {} if thinking is None else {"enable_thinking": thinking}
+    assert prompt.input_ids == official_ids(proc, messages, [RED], add_generation_prompt=True, **kw)
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if not f.thinking and f.supported])
+def test_families_without_thinking_refuse_reasoning_unless_dropped(name):
+    family = get_family(name)
+    proc = VLProcessor.for_family(family, build_tokenizer(family.special_tokens, family.chat_template))
+    record = {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<think>x</think>Yo"},
+        ]
+    }
+    with pytest.raises(DataError, match=rf"turn 2 carries reasoning, but .*\({name}\).*data.thinking: drop"):
+        encode_record(proc, record)
+    with pytest.raises(DataError, match=r"data.thinking: keep, but .* has no thinking mode"):
+        encode_record(replace(proc, thinking="keep"), record)
+    dropped = encode_record(replace(proc, thinking="drop"), record)
+    plain = encode_record(proc, {"messages": [record["messages"][0], {"role": "assistant", "content": "Yo"}]})
+    assert dropped.input_ids == plain.input_ids and dropped.labels == plain.labels
