@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_facts import registered
 
 from qwenvl_ft.data.collate import PaddingCollator
 from qwenvl_ft.data.conversation import Conversation, Segment, Turn
@@ -42,7 +43,7 @@ def batch_for(processor):
     return {**PaddingCollator(processor.tokenizer.pad_token_id)(encs), "use_cache": False}
 
 
-@pytest.mark.parametrize("family_name", ["qwen2_5_vl", "qwen_vl"])
+@pytest.mark.parametrize("family_name", registered())
 def test_head_loss_equals_the_model_loss_with_gradients(tiny_model, family_name):
     from peft import LoraConfig, get_peft_model
 

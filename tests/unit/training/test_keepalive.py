@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_facts import need, registered
 from PIL import Image
 from transformers import TrainingArguments
 
@@ -19,21 +20,14 @@ from qwenvl_ft.data.encode import encode
 from qwenvl_ft.models import get_family
 from qwenvl_ft.training.trainer import VLTrainer
 
-# family -> (first decoder layer, media kinds the family has)
-FAMILIES = {
-    "qwen2_vl": ("model.language_model.layers.0", 2),
-    "qwen2_5_vl": ("model.language_model.layers.0", 2),
-    "qwen3_vl": ("model.language_model.layers.0", 2),
-    "qwen_vl": ("transformer.h.0", 1),
-}
 
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=registered())
 def setup(request, tiny_model, tmp_path_factory):
     family = get_family(request.param)
+    layer = need(request.param, "first_decoder_layer").first_decoder_layer
+    kinds = 1 if family.video is None else 2  # media kinds: images, and videos where the family takes them
     path = str(tiny_model(request.param))
     model = family.load_model(path, dtype=torch.float32).train()
-    layer, kinds = FAMILIES[request.param]
     calls: list[str] = []
     model.register_forward_pre_hook(lambda *_: calls.append("forward"))
     model.get_submodule(family.paths.vision).register_forward_pre_hook(lambda *_: calls.append("vision"))

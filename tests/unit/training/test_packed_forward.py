@@ -2,23 +2,26 @@
 
 The reference is the model itself run on each sample separately with no position ids, so
 transformers (or the first-generation model) computes the positions its own way; nothing of the
-packing code takes part in it.
+packing code takes part in it. Every registered family runs: those whose packing isolation goes
+beyond positions ("positions+linear_state") pack on a copy with `isolate_packed_samples` installed,
+as training does, and are compared with an untouched copy.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 import torch.nn.functional as F
+from family_facts import registered
 from PIL import Image
 
 from qwenvl_ft.data.collate import PaddingCollator
 from qwenvl_ft.data.conversation import Box, Conversation, Segment, Turn
 from qwenvl_ft.data.encode import IGNORE, encode
 from qwenvl_ft.data.packing import PackingCollator
-from qwenvl_ft.models import get_family
-
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen_vl")
+from qwenvl_ft.models import ModelFamily, get_family
 
 
 def conversations() -> list[tuple[Conversation, list[Image.Image]]]:
@@ -81,7 +84,7 @@ def video_encoding(processor, tmp_dir):
     return encode(conv, processor, [green], "all_assistant", [clip])
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=registered())
 def setup(request, tiny_model, tmp_path_factory):
     from transformers import AutoConfig
 
@@ -89,6 +92,10 @@ def setup(request, tiny_model, tmp_path_factory):
     path = tiny_model(request.param)
     processor = family.load_processor(str(path))
     model = family.load_model(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
+    reference = model
+    if family.packing_isolation != "positions":  # the reference stays the plain model
+        reference = family.load_model(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
+        family.isolate_packed_samples(model)
     config = AutoConfig.from_pretrained(path)
     encs = [encode(c, processor, images, "all_assistant") for c, images in conversations()]
     if family.video is not None:
@@ -107,7 +114,19 @@ def setup(request, tiny_model, tmp_path_factory):
         )
         for e in encs
     ]
-    return family, model, processor, encs, packed
+    return Setup(family, model, reference, processor, encs, packed)
+
+
+@dataclass
+class Setup:
+    family: ModelFamily
+    model: torch.nn.Module
+    """What packed rows run through: `reference`, plus the family's packing isolation if it needs one."""
+    reference: torch.nn.Module
+    """The plain model: each sample alone, and the padded batch."""
+    processor: object
+    encs: list
+    packed: list
 
 
 def single(model, enc) -> torch.Tensor:
@@ -117,7 +136,13 @@ def single(model, enc) -> torch.Tensor:
 
 
 def test_packed_row_gives_each_sample_its_own_logits(setup):
-    family, model, processor, encs, packed = setup
+    model, reference, processor, encs, packed = (
+        setup.model,
+        setup.reference,
+        setup.processor,
+        setup.encs,
+        setup.packed,
+    )
     batch = PackingCollator(pad_token_id=processor.tokenizer.pad_token_id)([packed])
     assert "attention_mask" not in batch
     n = [len(e.input_ids) for e in encs]
@@ -128,26 +153,33 @@ def test_packed_row_gives_each_sample_its_own_logits(setup):
         ]  # the batch says use_cache
         start = 0
         for e, length in zip(encs, n, strict=True):
-            alone = single(model, e)
+            alone = single(reference, e)
             torch.testing.assert_close(logits[start : start + length], alone, atol=2e-5, rtol=1e-4)
             start += length
 
 
 def test_wrong_positions_would_be_caught(setup):
     """The same row with plain 0..n positions per sample (what a naive packer writes) must differ."""
-    family, model, processor, encs, packed = setup
-    if family.name == "qwen_vl":
+    model, processor, encs, packed = setup.model, setup.processor, setup.encs, setup.packed
+    rows = packed[0][1].shape[0]
+    if rows == 1:
         pytest.skip("1-D rotary: per-sample 0..n positions are the right ones")
-    naive = [(e, torch.arange(len(e.input_ids)).expand(3, -1)) for e, _ in packed]
+    naive = [(e, torch.arange(len(e.input_ids)).expand(rows, -1)) for e, _ in packed]
     batch = PackingCollator(pad_token_id=processor.tokenizer.pad_token_id)([naive])
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
-        alone = single(model, encs[0])
+        alone = single(setup.reference, encs[0])
     assert (logits[: len(encs[0].input_ids)] - alone).abs().max() > 1e-3
 
 
 def test_packed_loss_and_gradients_equal_the_padded_batch(setup):
-    family, model, processor, encs, packed = setup
+    model, reference, processor, encs, packed = (
+        setup.model,
+        setup.reference,
+        setup.processor,
+        setup.encs,
+        setup.packed,
+    )
     pad = processor.tokenizer.pad_token_id
     padded = {**PaddingCollator(pad_token_id=pad)(encs), "use_cache": False}
     rows = PackingCollator(pad_token_id=pad)([packed[:2], packed[2:]])  # two rows: padding between rows
@@ -158,18 +190,18 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(setup):
     assert int((padded["labels"][:, 1:] != IGNORE).sum()) == supervised
     assert int((rows["labels"][:, 1:] != IGNORE).sum()) == supervised
 
-    def loss_and_grads(batch):
-        model.zero_grad()
-        loss = model(**batch).loss
+    def loss_and_grads(net, batch):
+        net.zero_grad()
+        loss = net(**batch).loss
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
-    model.train()
+    model.train(), reference.train()
     try:
-        ref_loss, ref_grads = loss_and_grads(padded)
-        loss, grads = loss_and_grads(rows)
+        ref_loss, ref_grads = loss_and_grads(reference, padded)
+        loss, grads = loss_and_grads(model, rows)
     finally:
-        model.eval()
+        model.eval(), reference.eval()
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
     assert grads.keys() == ref_grads.keys() and len(grads) > 10
     for name, g in grads.items():
@@ -179,7 +211,7 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(setup):
     with torch.no_grad():
         total = 0.0
         for e in encs:
-            logits = single(model, e)
+            logits = single(reference, e)
             labels = torch.tensor(e.labels)
             total += F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE, reduction="sum")
     torch.testing.assert_close(ref_loss, total / supervised, atol=1e-5, rtol=1e-5)
