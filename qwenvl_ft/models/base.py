@@ -172,6 +172,27 @@ class BlockShapes:
 
 
 @dataclass(frozen=True)
+class LinearAttentionShapes:
+    """The linear-attention (Gated DeltaNet) layers of a hybrid decoder, as `qwenvl_ft.plan` reads them.
+
+    Such a layer replaces self-attention with in_proj_qkv / in_proj_z / in_proj_b / in_proj_a, a
+    depthwise causal conv1d over q, k and v, a recurrent delta rule and a gated RMSNorm before out_proj.
+    """
+
+    layers: int
+    """How many of the decoder's `depth` blocks are linear attention (the rest are full attention)."""
+    key_heads: int
+    value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int
+    first_full: int | None = None
+    """Index of the first full-attention block (its LoRA layers stand for every full block)."""
+    first_linear: int | None = None
+    """Index of the first linear-attention block (likewise)."""
+
+
+@dataclass(frozen=True)
 class Shapes:
     """The sizes a memory estimate needs, read from a config by the family that knows its field names."""
 
@@ -182,6 +203,8 @@ class Shapes:
     """Features per vision patch entering the merger / resampler."""
     mergers: int = 1
     """Projectors fed by the vision tower (Qwen3-VL adds its DeepStack mergers)."""
+    linear: LinearAttentionShapes | None = None
+    """Hybrid decoders: the blocks whose token mixer is linear attention (None: all full attention)."""
 
 
 class ModelFamily:
@@ -229,6 +252,9 @@ class ModelFamily:
     """Name prefixes of checkpoint tensors that transformers drops on load (its model class's
     `_keys_to_ignore_on_load_unexpected`) but a server may still use, e.g. multi-token-prediction
     heads for speculative decoding: `merge` copies them from the base into its output unchanged."""
+    router_aux_loss: ClassVar[bool] = False
+    """Sparse-expert decoders whose router load-balancing loss is switched on for training
+    (`output_router_logits`): the model returns `aux_loss`, which the trainer adds and logs."""
     plans_layers: ClassVar[bool] = True
     """The memory planner can describe this generation's layers (`shapes`)."""
     gptq_blocks: ClassVar[str | None] = None
@@ -357,7 +383,17 @@ class ModelFamily:
         """Layer sizes of a loaded config, for the memory planner (`qwenvl-ft plan`)."""
         raise NotImplementedError(f"{self.title}: no layer shapes for the memory planner")
 
+    def speed_notes(self, device: str) -> list[str]:
+        """Lines `plan` and the start of training print about speed on `device` ("cuda" / "cpu"), e.g.
+        a slow fallback that runs because an optional kernel package is missing, with its install command."""
+        return []
+
     # -- tiny models -----------------------------------------------------------------------
+    def tiny_extra_tensors(self, config: PretrainedConfig) -> dict[str, torch.Tensor]:
+        """Tensors a tiny checkpoint carries beside the model's own (`kept_tensors` such as
+        multi-token-prediction heads), scaled down with the published names."""
+        return {}
+
     def tiny_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
         """A scaled-down copy of the published config (hidden sizes multiples of 32)."""
         raise NotImplementedError

@@ -112,10 +112,18 @@ def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
         model = family.load_model(cfg.model.path, dtype=dtype, **kwargs)
     if gptq:
         check_gptq_kernels(model, cfg)
+    if cfg.data.packing:  # positions keep attention apart; state beyond attention is the family's
+        family.isolate_packed_samples(model)
     if cfg.train.liger and not family.apply_liger(model):
         log.info(f"Liger has no kernels for {family.title}: only its fused linear cross-entropy is used")
     if cfg.train.freeze_vision:
         keep_frozen_vision_out_of_backward(model, family)
+    if family.router_aux_loss:
+        # The router's load-balancing loss: off in the published config (inference), on for training;
+        # the model then returns aux_loss, which the trainer adds (router_aux_loss_coef) and logs.
+        model.config.get_text_config().output_router_logits = True
+    for note in family.speed_notes("cuda" if torch.cuda.is_available() else "cpu"):
+        log.warning(note)
     return model
 
 
