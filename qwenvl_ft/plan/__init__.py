@@ -96,6 +96,7 @@ def plan_recipe(
     check_capabilities(facts.family, cfg)  # a recipe that training would refuse is refused here too
     setup, notes = setup_from_recipe(cfg, facts, nproc, images_per_sample)
     plan = estimate(facts, setup, notes)
+    plan.notes += facts.family.speed_notes("cuda")  # the plan is for a GPU run
     report = PlanReport(plan, facts, recipe)
     if gpu is not None:
         report.gpu, report.capacity_gib = gpu_capacity(gpu)

@@ -17,6 +17,12 @@ per activation element), PyTorch saves:
 
 With gradient checkpointing a block keeps only its input (e*w); one block is recomputed at a time
 in backward. Either way the backward of one block needs gradient scratch of about e*i + 8 w.
+
+Hybrid decoders (Gated DeltaNet linear attention in some blocks, `linear_block_saved`) replace the
+attention term. Derived op by op from transformers' torch path (modeling_qwen3_5.py), not yet
+measured: the conv1d input (in_proj_qkv's output, 2 kd + vd wide), the SiLU input and output, fp32
+copies of q, k, v for the delta rule, one fp32 (heads x dk x dv) state per 64-token chunk, z, and
+the gated RMSNorm's fp32 input; plus out_proj's input when trainable.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..models.base import BlockShapes
+from ..models.base import BlockShapes, LinearAttentionShapes
 
 CHUNK = 1024
 """Rows of logits the chunked cross-entropy computes at a time (qwenvl_ft.training.loss)."""
@@ -52,28 +58,79 @@ def block_saved(
     seq: int = 0,
 ) -> int:
     """Bytes one block keeps for backward. adapters: input widths of its LoRA layers; seq: sequence length."""
-    e, w, i = p.e, b.width, b.intermediate
+    e = p.e
     qd, kd = b.heads * b.head_dim, b.kv_heads * b.head_dim
     kv = qd if kv_repeated else kd
-    if b.rms_norm:
-        norm = 4 * w + (2 * e * w if trainable else 0)
-    else:
-        norm = e * w * (2 if trainable else 1)
     attn = e * (qd + kd) + e * (qd + 2 * kd) if b.fused_qkv else e * (qd + 2 * kv)
     attn += e * qd + 4 * b.heads
     if b.eager_attention:
         attn += (4 + e) * b.heads * seq
     if b.qk_norm:
         attn += 4 * (qd + kd) + (e * (qd + kd) if trainable else 0)
+    return tokens * (attn + _norms_mlp_lora(b, p, trainable, adapters, r, dropout))
+
+
+def _norms_mlp_lora(
+    b: BlockShapes, p: Precision, trainable: bool, adapters: Sequence[int], r: int, dropout: float
+) -> int:
+    """Per token: a block's two norms, its MLP and its LoRA adapters (every kind of block has them)."""
+    e, w, i = p.e, b.width, b.intermediate
+    if b.rms_norm:
+        norm = 4 * w + (2 * e * w if trainable else 0)
+    else:
+        norm = e * w * (2 if trainable else 1)
     mlp = (3 if b.gated_mlp else 1) * e * i + (e * i if trainable else 0)
     lora = sum((p.a + (p.mask if dropout > 0 else 0)) * n + p.a * r for n in adapters)
-    return tokens * (2 * norm + attn + mlp + lora)
+    return 2 * norm + mlp + lora
 
 
-def stack_bytes(b: BlockShapes, tokens: int, p: Precision, checkpointed: bool, **block: object) -> int:
-    """Peak activation bytes of a whole stack in forward + backward (block arguments as `block_saved`)."""
+CHUNK_DELTA = 64
+"""Tokens per chunk of the chunked gated delta rule (transformers' torch path and flash-linear-attention)."""
+
+
+def linear_block_saved(
+    b: BlockShapes,
+    lin: LinearAttentionShapes,
+    tokens: int,
+    p: Precision,
+    trainable: bool,
+    adapters: Sequence[int] = (),
+    r: int = 0,
+    dropout: float = 0.0,
+) -> int:
+    """Bytes one linear-attention (Gated DeltaNet) block keeps for backward; arguments as `block_saved`."""
+    e = p.e
+    kd, vd = lin.key_heads * lin.key_head_dim, lin.value_heads * lin.value_head_dim
+    qkv = 2 * kd + vd
+    mixer = 3 * e * qkv + 4 * qkv  # conv input, SiLU input and output; fp32 q, k, v
+    mixer += 4 * lin.value_heads * lin.key_head_dim * lin.value_head_dim // CHUNK_DELTA  # chunk states
+    mixer += e * vd + 4 * vd + 8 * lin.value_heads  # z, the gated norm's fp32 input, beta and g
+    mixer += e * vd if trainable else 0  # out_proj's input
+    return tokens * (mixer + _norms_mlp_lora(b, p, trainable, adapters, r, dropout))
+
+
+def stack_bytes(
+    b: BlockShapes,
+    tokens: int,
+    p: Precision,
+    checkpointed: bool,
+    linear: LinearAttentionShapes | None = None,
+    linear_adapters: Sequence[int] = (),
+    **block: object,
+) -> int:
+    """Peak activation bytes of a whole stack in forward + backward (block arguments as `block_saved`).
+
+    linear: the stack's linear-attention blocks (a hybrid decoder), whose LoRA layers have the input
+    widths `linear_adapters`; the other `depth - linear.layers` blocks are full attention.
+    """
     one = block_saved(b, tokens, p, **block)
-    kept = b.depth * p.e * b.width * tokens + one if checkpointed else b.depth * one
+    ones = [(b.depth, one)]
+    if linear is not None and linear.layers:
+        keep = {k: v for k, v in block.items() if k in ("trainable", "r", "dropout")}
+        lin = linear_block_saved(b, linear, tokens, p, adapters=linear_adapters, **keep)
+        ones = [(b.depth - linear.layers, one), (linear.layers, lin)]
+    largest = max(size for n, size in ones if n)
+    kept = b.depth * p.e * b.width * tokens + largest if checkpointed else sum(n * size for n, size in ones)
     return kept + tokens * (p.e * b.intermediate + 8 * b.width)
 
 

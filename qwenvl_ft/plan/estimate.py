@@ -181,12 +181,12 @@ def precision(s: Setup) -> Precision:
     return Precision(e=e, a=e if s.engine.deepspeed else 4)
 
 
-def block_adapters(facts: ModelFacts, s: Setup, part: str, depth: int) -> list[int]:
-    """Input widths of the LoRA layers inside one block of `part` (the first block stands for all)."""
+def block_adapters(facts: ModelFacts, s: Setup, part: str, depth: int, index: int = 0) -> list[int]:
+    """Input widths of the LoRA layers inside block `index` of `part` (it stands for all of its kind)."""
     if s.mode == "full":
         return []
     _, hits = facts.lora_params(s.lora_targets, s.lora_r)
-    prefix = facts.block_prefix(part, depth)
+    prefix = facts.block_prefix(part, depth, index)
     return [lin.in_features for lin in hits if prefix and lin.name.startswith(prefix)]
 
 
@@ -200,13 +200,17 @@ def text_activations(facts: ModelFacts, s: Setup, p: Precision) -> tuple[float, 
     tokens = s.seq * s.batch
     # SDPA gets a mask with padding (batch > 1) or packing, and then repeats k and v to every head.
     repeated = s.attn != "flash_attention_2" and (s.batch > 1 or s.packing or s.attn == "eager")
+    lin = facts.shapes.linear  # hybrid decoders: full and linear-attention blocks hold different adapters
+    full_at = lin.first_full if lin is not None and lin.first_full is not None else 0
     total = stack_bytes(
         b,
         tokens,
         p,
         s.gradient_checkpointing,
+        linear=lin,
+        linear_adapters=block_adapters(facts, s, "language", b.depth, lin.first_linear) if lin else (),
         trainable=trainable,
-        adapters=block_adapters(facts, s, "language", b.depth),
+        adapters=block_adapters(facts, s, "language", b.depth, full_at),
         r=s.lora_r,
         dropout=s.lora_dropout,
         kv_repeated=repeated,

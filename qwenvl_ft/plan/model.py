@@ -88,15 +88,15 @@ class ModelFacts:
             handle.remove()
         return any(part_of(n, self.family.paths) in ("vision", "merger") for n in hooked)
 
-    def block_prefix(self, part: str, depth: int) -> str | None:
-        """'model.language_model.layers.0.': the first block of the `depth`-long stack of `part`."""
+    def block_prefix(self, part: str, depth: int, index: int = 0) -> str | None:
+        """'model.language_model.layers.0.': block `index` of the `depth`-long stack of `part`."""
         for name, m in self.model.named_modules():
             if (
                 isinstance(m, torch.nn.ModuleList)
                 and len(m) == depth
                 and part_of(name, self.family.paths) == part
             ):
-                return f"{name}.0."
+                return f"{name}.{index}."
         return None
 
     def module_params(self, names: list[str]) -> int:

@@ -6,7 +6,8 @@
   inside the forward where a real call would be (keepalive.py), so every rank makes the same
   sequence of ZeRO-3 / FSDP gathers and none waits forever on batches that mix images, videos
   and text;
-- tokens per second and peak memory in every log line.
+- tokens per second and peak memory in every log line, and a sparse-expert router's
+  load-balancing loss (`aux_loss`, already inside the loss) averaged since the last line.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class VLTrainer(Trainer):
         self.task_eval = task_eval
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
         self._tokens = 0
+        self._aux: list[torch.Tensor] = []
         self._last_log = time.perf_counter()
         self.keepalive = VisionKeepalive(family, self._base_model(self.model))
 
@@ -85,6 +87,8 @@ class VLTrainer(Trainer):
             )
         else:
             loss, outputs = self._head_loss(model, inputs, num_items_in_batch)
+        if getattr(outputs, "aux_loss", None) is not None and model.training:
+            self._aux.append(outputs.aux_loss.detach())
         return (loss, outputs) if return_outputs else loss
 
     def _head_loss(self, model, inputs, num_items_in_batch):
@@ -131,7 +135,9 @@ class VLTrainer(Trainer):
                 float(self._tokens) * self.args.world_size / max(now - self._last_log, 1e-9), 1
             )
             logs["peak_mem_gb"] = round(peak_memory_gb(), 3)
-            self._tokens, self._last_log = 0, now
+            if self._aux:
+                logs["aux_loss"] = round(torch.stack(self._aux).float().mean().item(), 6)
+            self._tokens, self._last_log, self._aux = 0, now, []
         super().log(logs, start_time)
 
 

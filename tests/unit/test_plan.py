@@ -39,6 +39,11 @@ PUBLISHED_TOTALS = {
     "qwen3_vl-4b": 4.44e9,
     "qwen_vl": 9.6e9,
     "qwen_vl-int4": 9.6e9,
+    # Qwen3.5 without its mtp.* head, which transformers drops (hand counts in test_qwen3_5.py); the
+    # cards' 0.9B / 27.8B / 36B add it: 20.5 M / 424.7 M / 844.6 M.
+    "qwen3_5-0.8b": 0.853e9,
+    "qwen3_5-27b": 27.36e9,
+    "qwen3_5_moe-35b-a3b": 35.11e9,
 }
 
 
