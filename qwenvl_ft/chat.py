@@ -6,7 +6,9 @@
     chat.draw_boxes("out.png")
 
 Turns accumulate as a `Conversation`, so every question is asked with the whole history, in the
-same rendering training uses (the first generation's `Picture N:` numbering included).
+same rendering training uses (the first generation's `Picture N:` numbering included). On
+thinking generations an answer's reasoning is kept apart (`chat.reasoning`, streamed to
+`on_reasoning`): the history holds it as the turn's reasoning, and boxes come from the answer.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from .data.conversation import Conversation, Segment, Turn
 from .data.images import load_image
-from .infer import Predictor
+from .infer import Answer, Predictor
 
 Box = tuple[float, float, float, float]
 
@@ -34,38 +36,49 @@ class Chat:
             "chat", [Turn("system", [Segment("text", self.system)])] if self.system else []
         )
         self.images: list[Image.Image] = []
+        self.reasoning: str | None = None
+        """The last answer's reasoning (None: it gave none)."""
 
     def ask(
         self,
         text: str,
         images: list[str | Path | Image.Image] = (),
         on_text: Callable[[str], None] | None = None,
+        on_reasoning: Callable[[str], None] | None = None,
     ) -> str:
-        """Add a user turn (images first, then the text), generate, keep the answer in the history."""
+        """Add a user turn (images first, then the text), generate, keep the answer in the history.
+
+        on_text / on_reasoning receive the answer / its reasoning as they decode."""
         new = [im if isinstance(im, Image.Image) else load_image(str(im)) for im in images]
         segments = [Segment("image", im) for im in new] + [Segment("text", text)]
         self.conversation.turns.append(Turn("user", segments))
         self.images += new
-        answer = self._generate(on_text)
-        self.conversation.turns.append(Turn("assistant", [Segment("text", answer)]))
-        return answer
+        answer = self._generate(on_text, on_reasoning)
+        self.reasoning = answer.reasoning
+        self.conversation.turns.append(Turn("assistant", [Segment("text", answer.text)], answer.reasoning))
+        return answer.text
 
-    def _generate(self, on_text: Callable[[str], None] | None) -> str:
+    def _generate(
+        self, on_text: Callable[[str], None] | None, on_reasoning: Callable[[str], None] | None
+    ) -> Answer:
         sample = [(self.conversation, self.images)]
-        if on_text is None:
-            return self.predictor.generate(sample, max_new_tokens=self.max_new_tokens)[0]
+        if on_text is None and on_reasoning is None:
+            return self.predictor.generate_answers(sample, max_new_tokens=self.max_new_tokens)[0]
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.predictor.processor.tokenizer, skip_prompt=True)
-        result: list[str] = []
+        result: list[Answer] = []
         worker = threading.Thread(
             target=lambda: result.append(
-                self.predictor.generate(sample, max_new_tokens=self.max_new_tokens, streamer=streamer)[0]
+                self.predictor.generate_answers(
+                    sample, max_new_tokens=self.max_new_tokens, streamer=streamer
+                )[0]
             )
         )
         worker.start()
+        stream = _Split(self.predictor, on_text, on_reasoning)
         for piece in streamer:  # pieces as they decode; the final answer comes from generate itself
-            on_text(piece)
+            stream(piece)
         worker.join()
         return result[0]
 
@@ -89,3 +102,26 @@ class Chat:
         out = Path(out)
         image.save(out)
         return out
+
+
+class _Split:
+    """Streamed text to the reasoning and answer callbacks, split as the predictor splits the whole."""
+
+    def __init__(self, predictor: Predictor, on_text, on_reasoning):
+        self.predictor, self.on_text, self.on_reasoning = predictor, on_text, on_reasoning
+        self.text, self.sent = "", {"reasoning": 0, "text": 0}
+        self.stops = predictor.family.chat.stop_tokens
+
+    def __call__(self, piece: str) -> None:
+        self.text += piece
+        # The stop token arrives as text too; nothing after it belongs to the answer.
+        cut = min([i for i in (self.text.find(t) for t in self.stops) if i >= 0], default=len(self.text))
+        answer = self.predictor.split(self.text[:cut])
+        for kind, value, callback in (
+            ("reasoning", answer.reasoning or "", self.on_reasoning),
+            ("text", answer.text, self.on_text),
+        ):
+            if len(value) > self.sent[kind]:
+                if callback is not None:
+                    callback(value[self.sent[kind] :])
+                self.sent[kind] = len(value)

@@ -24,7 +24,7 @@ from .data.conversation import Conversation
 from .data.encode import Encoded, Piece, render, tokenize
 from .merge import load_source, read_run
 from .models import get_family, resolve_family
-from .models.base import ModelFamily, ThinkFormat
+from .models.base import ModelFamily
 from .models.processor import VLProcessor
 from .training.setup import DTYPES
 
@@ -35,22 +35,6 @@ class Answer:
     """The answer, without its reasoning."""
     reasoning: str | None = None
     """The reasoning before it (None: the answer gave none)."""
-
-
-def split_reasoning(text: str, think: ThinkFormat, opened: bool) -> Answer:
-    """A thinking generation's output as (reasoning, answer).
-
-    opened: the prompt ended inside an open think block, so the output starts with reasoning;
-    otherwise only an output that opens a block itself has reasoning. Reasoning that the token
-    budget cut before its closing tag leaves an empty answer.
-    """
-    if not opened:
-        head = text.lstrip()
-        if not head.startswith(think.open):
-            return Answer(text)
-        text = head[len(think.open) :]
-    reasoning, closed, rest = text.partition(think.close)
-    return Answer(rest.lstrip("\n") if closed else "", reasoning.strip())
 
 
 @dataclass
@@ -84,6 +68,8 @@ class Predictor:
         if (path / "adapter_config.json").is_file():  # a LoRA run: the adapter on its recorded base
             meta = read_run(path)
             family = get_family(meta["family"])
+            if thinking is not None and not family.thinking:  # refused before the weights load
+                cls(None, None, family, thinking)
             base_path = Path(base or meta["base_model"])
             model = load_source("lora", path, base_path, family, torch_dtype)
             processor = family.load_processor(
@@ -146,7 +132,8 @@ class Predictor:
             return Answer(text)
         think = self.family.chat.think
         opened = self.family.generation_prompt(self.thinking).endswith(think.open + "\n")
-        return split_reasoning(text, think, opened)
+        reasoning, answer = think.split(text, opened)
+        return Answer(answer, reasoning)
 
     def _batch(self, prompts: list[Encoded]) -> dict[str, torch.Tensor]:
         """Left-padded: every prompt ends where generation starts."""

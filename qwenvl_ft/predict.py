@@ -5,7 +5,8 @@
 Each sample's last assistant turn is the reference and everything before it the prompt, rendered
 as training renders it. A line per sample: its id, the prediction, the reference text, the
 reference boxes in pixels of the original image, and the image sizes (for parsing predicted
-boxes back to pixels). Lines are appended as batches finish; a rerun skips the ids already
+boxes back to pixels). On thinking generations the prediction is the answer alone and its
+reasoning a separate field, `reasoning` (null when the model gave none). Lines are appended as batches finish; a rerun skips the ids already
 written, so an interrupted run continues where it stopped.
 """
 
@@ -20,7 +21,7 @@ from .config import DatasetSpec
 from .data.conversation import Conversation
 from .data.images import load_image
 from .data.sources import Source
-from .infer import Predictor
+from .infer import Answer, Predictor
 
 
 def split_reference(conv: Conversation) -> tuple[Conversation, Conversation]:
@@ -31,14 +32,14 @@ def split_reference(conv: Conversation) -> tuple[Conversation, Conversation]:
     return Conversation(conv.id, conv.turns[:last], conv.source_id), Conversation(conv.id, [conv.turns[last]])
 
 
-def record(
-    predictor: Predictor, conv: Conversation, reference: Conversation, images, prediction: str
-) -> dict:
+def record(predictor: Predictor, conv: Conversation, reference: Conversation, images, answer: Answer) -> dict:
     segs = reference.turns[0].segments
     boxes = [list(s.value.pixels(images[s.value.image].size)) for s in segs if s.kind == "box"]
+    thought = {"reasoning": answer.reasoning} if predictor.family.thinking else {}
     return {
         "id": _id(conv),
-        "prediction": prediction,
+        "prediction": answer.text,
+        **thought,
         "reference": "".join(str(s.value) for s in segs if s.kind in ("text", "ref")),
         "reference_boxes": boxes,
         "image_sizes": [list(im.size) for im in images],
@@ -67,7 +68,7 @@ def iter_records(
             prompt, ref = split_reference(conv)
             images = [load_image(s.value) for t in conv.turns for s in t.segments if s.kind == "image"]
             batch.append((prompt, ref, images))
-        answers = predictor.generate(
+        answers = predictor.generate_answers(
             [(p, imgs) for p, _, imgs in batch],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,

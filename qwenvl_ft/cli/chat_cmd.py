@@ -6,11 +6,15 @@ Type a message and press Enter. Commands:
   /reset          start a new conversation
   /quit           leave (or Ctrl-D)
 MODEL_OR_RUN_DIR is a base or merged checkpoint, a full run, or a LoRA run / checkpoint directory.
+On generations with a thinking mode (--thinking on|off; default: the checkpoint's), the reasoning
+streams after "thinking> " and the answer after "model> ".
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .predict_cmd import add_thinking_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--base", help="base model directory, overriding the one a LoRA run recorded")
+    add_thinking_argument(p)
     p.set_defaults(func=run)
 
 
@@ -33,9 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from ..chat import Chat
     from ..infer import Predictor
 
-    chat = Chat(
-        Predictor.load(args.model, dtype=args.dtype, base=args.base), args.system, args.max_new_tokens
-    )
+    predictor = Predictor.load(args.model, dtype=args.dtype, base=args.base, thinking=args.thinking)
+    chat = Chat(predictor, args.system, args.max_new_tokens)
     pending = list(args.image)
     print("qwenvl-ft chat: /image PATH, /boxes OUT.png, /reset, /quit")
     while True:
@@ -60,7 +64,27 @@ def run(args: argparse.Namespace) -> int:
             if boxes and rest.strip():
                 print(f"drawn: {chat.draw_boxes(rest.strip())}")
         else:
-            print("model> ", end="", flush=True)
-            chat.ask(line, pending, on_text=lambda piece: print(piece, end="", flush=True))
+            stream = _Printer()
+            chat.ask(line, pending, on_text=stream.answer, on_reasoning=stream.reasoning)
+            stream.answer("")  # the label even when the answer is empty
             pending = []
             print()
+
+
+class _Printer:
+    """Prints the reasoning after "thinking> ", then the answer after "model> ", as they stream."""
+
+    def __init__(self):
+        self.label = None
+
+    def _print(self, label: str, piece: str) -> None:
+        if self.label != label:
+            print(("\n" if self.label else "") + label, end="", flush=True)
+            self.label = label
+        print(piece, end="", flush=True)
+
+    def reasoning(self, piece: str) -> None:
+        self._print("thinking> ", piece)
+
+    def answer(self, piece: str) -> None:
+        self._print("model> ", piece)

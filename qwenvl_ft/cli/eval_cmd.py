@@ -5,7 +5,9 @@ merged checkpoint, or a run / checkpoint directory, which first generates answer
 (greedy, as `qwenvl-ft predict`) and is then scored. Lines whose reference has boxes are scored as
 grounding (IoU and accuracy at IoU 0.5 / 0.75, boxes read back to pixels in the generation's
 own convention); the other lines by --task: vqa (normalised exact match, VQAv2 accuracy when a
-line has several `answers`), caption (CIDEr-D, BLEU) or ocr (character error rate).
+line has several `answers`), caption (CIDEr-D, BLEU) or ocr (character error rate). Reasoning
+(thinking generations: --thinking on|off) is never scored: boxes and answers are read from the
+answer after it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+
+from .predict_cmd import add_thinking_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--limit", type=int, help="only the first N samples")
     m.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     m.add_argument("--base", help="base model directory, overriding the one a LoRA run recorded")
+    add_thinking_argument(m)
     p.set_defaults(func=run)
 
 
@@ -55,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
             # A fresh file unless asked: `predict` resumes, and stale answers must not be scored.
             preds = Path(args.predictions) if args.predictions else Path(tmp) / "predictions.jsonl"
             report = score(read_predictions(_predict(args, source, preds)), args.task)
-    elif args.data:
-        raise SystemExit(f"eval: {source} is a predictions file; --data is only for a model directory")
+    elif args.data or args.thinking is not None:
+        flag = "--data" if args.data else "--thinking"
+        raise SystemExit(f"eval: {source} is a predictions file; {flag} is only for a model directory")
     else:
         report = score(read_predictions(source), args.task)
     print(format_table(report))
@@ -71,5 +77,5 @@ def _predict(args: argparse.Namespace, model: Path, out: Path) -> Path:
     from ..infer import Predictor
     from ..predict import predict
 
-    predictor = Predictor.load(str(model), dtype=args.dtype, base=args.base)
+    predictor = Predictor.load(str(model), dtype=args.dtype, base=args.base, thinking=args.thinking)
     return Path(predict(predictor, args.data, str(out), args.max_new_tokens, args.batch_size, args.limit))

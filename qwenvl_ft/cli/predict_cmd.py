@@ -3,7 +3,9 @@
 MODEL_OR_RUN_DIR is a base or merged checkpoint, a full fine-tuning run, or a LoRA run or
 checkpoint directory (the adapter is loaded on the base model the run recorded). DATA is any
 format `qwenvl-ft data check` reads; each sample's last assistant turn is the reference. Greedy
-decoding. A rerun with the same --output skips the samples already written.
+decoding. A rerun with the same --output skips the samples already written. On generations with
+a thinking mode, --thinking on|off overrides the checkpoint's default; the reasoning is written
+apart from the prediction (field `reasoning`).
 """
 
 from __future__ import annotations
@@ -26,14 +28,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N samples")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--base", help="base model directory, overriding the one a LoRA run recorded")
+    add_thinking_argument(p)
     p.set_defaults(func=run)
+
+
+def add_thinking_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--thinking",
+        type=_on_off,
+        metavar="on|off",
+        help="thinking mode of generations that have one (default: the checkpoint's); refused by the others",
+    )
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
+    return value == "on"
 
 
 def run(args: argparse.Namespace) -> int:
     from ..infer import Predictor
     from ..predict import predict
 
-    predictor = Predictor.load(args.model, dtype=args.dtype, base=args.base)
+    predictor = Predictor.load(args.model, dtype=args.dtype, base=args.base, thinking=args.thinking)
     out = predict(predictor, args.data, args.output, args.max_new_tokens, args.batch_size, args.limit)
     print(f"predictions: {out}")
     return 0

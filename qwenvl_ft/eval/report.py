@@ -29,10 +29,19 @@ def read_predictions(path: str | Path) -> list[dict]:
     return lines
 
 
+def answer(rec: dict) -> str:
+    """The prediction without reasoning: `predict` writes it apart already; a think block that a
+    prediction still opens with (another tool's file) is cut off here, never scored."""
+    family = get_family(rec["family"]) if "family" in rec else None
+    if family is None or not family.thinking:
+        return rec["prediction"]
+    return family.chat.think.split(rec["prediction"])[1]
+
+
 def predicted_boxes(rec: dict) -> list[tuple[float, float, float, float]]:
-    """Boxes written in the prediction, in pixels of the sample's first image."""
+    """Boxes written in the answer, in pixels of the sample's first image."""
     family = get_family(rec["family"])
-    return family.parse_boxes(rec["prediction"], tuple(rec["image_sizes"][0]), tuple(rec["resized_sizes"][0]))
+    return family.parse_boxes(answer(rec), tuple(rec["image_sizes"][0]), tuple(rec["resized_sizes"][0]))
 
 
 def score(records: list[dict], text_task: str = "vqa") -> dict:
@@ -47,7 +56,7 @@ def score(records: list[dict], text_task: str = "vqa") -> dict:
             [predicted_boxes(r) for r in grounding], [r["reference_boxes"] for r in grounding]
         )
     if text:
-        preds = [r["prediction"] for r in text]
+        preds = [answer(r) for r in text]
         refs = [r["reference"] for r in text]
         if text_task == "vqa":
             report["vqa"] = vqa_scores(preds, [r.get("answers") or r["reference"] for r in text])

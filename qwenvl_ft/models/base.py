@@ -55,6 +55,21 @@ class ThinkFormat:
         """The think block of one turn (`reasoning` already stripped; "" gives the empty block)."""
         return f"{self.open}\n{reasoning}\n{self.close}\n\n"
 
+    def split(self, text: str, opened: bool = False) -> tuple[str | None, str]:
+        """(reasoning or None, answer) of generated text.
+
+        opened: the prompt ended inside an open think block, so the text starts with reasoning;
+        otherwise only text that opens a block itself has reasoning. Reasoning that the token
+        budget cut before its closing tag leaves an empty answer.
+        """
+        if not opened:
+            head = text.lstrip()
+            if not head.startswith(self.open):
+                return None, text
+            text = head[len(self.open) :]
+        reasoning, closed, rest = text.partition(self.close)
+        return reasoning.strip(), rest.lstrip("\n") if closed else ""
+
 
 @dataclass(frozen=True)
 class ChatFormat:
