@@ -172,6 +172,20 @@ def test_wrong_positions_would_be_caught(setup):
     assert (logits[: len(encs[0].input_ids)] - alone).abs().max() > 1e-3
 
 
+def test_ignoring_linear_attention_boundaries_would_be_caught(setup):
+    """Linear-attention families: the same row through the plain model, whose layers ignore
+    `sample_index` (what a packer without isolation gets), must differ after the first sample."""
+    if setup.family.packing_isolation == "positions":
+        pytest.skip("no state beyond attention: positions alone keep the samples apart")
+    encs = setup.encs
+    batch = PackingCollator(pad_token_id=setup.processor.tokenizer.pad_token_id)([setup.packed])
+    start = len(encs[0].input_ids)
+    with torch.no_grad():
+        logits = setup.reference(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+        second = single(setup.reference, encs[1])
+    assert (logits[start : start + len(encs[1].input_ids)] - second).abs().max() > 1e-3
+
+
 def test_packed_loss_and_gradients_equal_the_padded_batch(setup):
     model, reference, processor, encs, packed = (
         setup.model,
