@@ -184,6 +184,36 @@ QWEN3_VL = FamilyFacts(
     learning=Learning("recipes/tiny/qwen3_vl_grounding.yaml", tiny={"min_pixels": 9216, "max_pixels": 9216}),
 )
 
+# Qwen3.5: tokenizer.json of Qwen/Qwen3.5-* (several public copies agree): the BPE ends at 248043,
+# then Qwen3-VL's 26 special tokens in the same order, then 7 audio / speech tokens (to 248076).
+_QWEN3_5_IDS = {
+    "<|endoftext|>": 248044,
+    "<|im_start|>": 248045,
+    "<|im_end|>": 248046,
+    "<|vision_start|>": 248053,
+    "<|vision_end|>": 248054,
+    "<|image_pad|>": 248056,
+    "<|video_pad|>": 248057,
+    "<think>": 248068,
+    "</think>": 248069,
+    "<|audio_pad|>": 248076,
+}
+# The official Qwen3.5 template (models/qwen3_5/chat_template.jinja): no default system prompt; an
+# assistant turn after the last user turn opens with its think block, empty when it has no reasoning;
+# earlier assistant turns are written without one.
+_QWEN3_5_THINK = "<think>\n\n</think>\n\n"
+QWEN3_5 = replace(
+    QWEN3_VL,  # the same budgets (patch 16, merge 2, 65536..16777216 px), boxes and module names
+    special_ids=_QWEN3_5_IDS,
+    two_turn_text=_QWEN3_TWO_TURN.replace("assistant\nYes", "assistant\n" + _QWEN3_5_THINK + "Yes"),
+    template_text=_CHATML_TEMPLATE.replace("assistant\nHello", "assistant\n" + _QWEN3_5_THINK + "Hello"),
+    # Meta-device totals without the mtp.* head transformers drops, by hand in test_qwen3_5.py; the
+    # cards' 0.9B and 27.8B add it (20.5 M and 424.7 M).
+    published_totals={"qwen3_5-0.8b": 0.853e9, "qwen3_5-27b": 27.36e9},
+    slow_e2e=frozenset(),
+    learning=None,  # the learning test's Qwen3.5 setup is not worked out yet
+)
+
 FACTS: dict[str, FamilyFacts] = {
     "qwen_vl": FamilyFacts(
         budgets=(Budget(160, 120, None, (448, 448), 256),),  # always 448x448 and 256 tokens
@@ -266,6 +296,13 @@ FACTS: dict[str, FamilyFacts] = {
         # Qwen3-VL runs these on the same architecture; the MoE MLPs train in test_train / test_merge.
         slow_e2e=frozenset({"packed_run", "video"}),
         learning=None,  # the stand-in is Qwen3-VL's; the learning test samples it there
+    ),
+    "qwen3_5": QWEN3_5,
+    # Qwen3.5 with sparse-expert MLPs: the same tokenizer, template, vision tower and boxes.
+    "qwen3_5_moe": replace(
+        QWEN3_5,
+        published_totals={"qwen3_5_moe-35b-a3b": 35.11e9},  # the card's 36B adds the 844.6 M mtp.* head
+        learning=None,
     ),
 }
 

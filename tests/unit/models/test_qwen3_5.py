@@ -230,8 +230,8 @@ def test_full_fine_tuning_trains_conv1d_a_log_and_dt_bias(tiny):
 
     f = get_family("qwen3_5")
     cfg = load_recipe(
-        REPO / "recipes/tiny/qwen3_vl_lora.yaml",
-        [f"model.path={tiny('qwen3_5')}", "model.family=qwen3_5", "model.dtype=bf16", "train.mode=full"],
+        REPO / "recipes/tiny/qwen3_5_lora.yaml",
+        [f"model.path={tiny('qwen3_5')}", "model.dtype=bf16", "train.mode=full"],
     )
     model = adapt(load_model(cfg, f), cfg, f, is_base=False)
     upcast_trainable(model)
@@ -260,10 +260,7 @@ def test_moe_router_loss_is_on_in_the_loss_and_logged(tiny, capsys):
     from qwenvl_ft.training.trainer import VLTrainer
 
     f = get_family("qwen3_5_moe")
-    cfg = load_recipe(
-        REPO / "recipes/tiny/qwen3_vl_lora.yaml",
-        [f"model.path={tiny('qwen3_5_moe')}", "model.family=qwen3_5_moe", "model.dtype=fp32"],
-    )
+    cfg = load_recipe(REPO / "recipes/tiny/qwen3_5_moe_lora.yaml", [f"model.path={tiny('qwen3_5_moe')}"])
     model = load_model(cfg, f)
     t = model.config.text_config
     assert t.output_router_logits and t.router_aux_loss_coef == 0.001
