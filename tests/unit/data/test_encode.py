@@ -4,6 +4,7 @@ label mask supervises exactly the assistant content and its <|im_end|>, token by
 from __future__ import annotations
 
 import pytest
+from family_facts import need, registered
 from PIL import Image
 
 from qwenvl_ft.data.conversation import Box, Conversation, Segment, Turn
@@ -28,6 +29,15 @@ def tiktoken_ids(text: str, specials: tuple[str, ...]) -> list[int]:
     return enc.encode(text, allowed_special="all")
 
 
+def expected_ids(fam, tok, text: str) -> list[int]:
+    """Ids of hand-written text: tiktoken on the real Qwen ranks where tiny models use them; a
+    stand-in-tokenizer family (no package ships its vocabulary) is tokenized by that stand-in, so
+    what is checked there is the rendered text, token for token."""
+    if fam.tiny_tokenizer == "qwen":
+        return tiktoken_ids(text, fam.special_tokens)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
 def two_turn() -> tuple[Conversation, list[Image.Image]]:
     # 56x56 resizes to itself for 14-px patches: a 4x4 patch grid, merged 2x2 -> 4 image tokens.
     image = Image.new("RGB", (56, 56), (200, 30, 30))
@@ -43,28 +53,23 @@ def two_turn() -> tuple[Conversation, list[Image.Image]]:
     return conv, [image]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
-def test_qwen2_family_ids_and_mask(real_tokenizer, family):
+@pytest.mark.parametrize("family", registered())
+def test_ids_and_mask(real_tokenizer, family):
+    """The rendered two-turn conversation equals the hand-written text of tests/family_facts.py, and
+    exactly its assistant content and closing tokens are supervised."""
     fam = get_family(family)
+    facts = need(family, "two_turn_text", "two_turn_grid", "two_turn_supervised")
     proc = VLProcessor.for_family(fam, real_tokenizer(family))
     conv, images = two_turn()
     enc = encode(conv, proc, images)
-    expected_text = (
-        SYSTEM
-        + "<|im_start|>user\n<|vision_start|>"
-        + "<|image_pad|>" * 4
-        + "<|vision_end|>What is this?<|im_end|>\n"
-        + "<|im_start|>assistant\nA red square.<|im_end|>\n"
-        + "<|im_start|>user\nSure?<|im_end|>\n"
-        + "<|im_start|>assistant\nYes<|im_end|>\n"
-    )
-    assert enc.input_ids == tiktoken_ids(expected_text, fam.special_tokens)
+    assert enc.input_ids == expected_ids(fam, proc.tokenizer, facts.two_turn_text)
     tok = proc.tokenizer
     supervised = [tok.decode([t]) for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
-    assert supervised == ["A", " red", " square", ".", "<|im_end|>", "Yes", "<|im_end|>"]
+    assert supervised == list(facts.two_turn_supervised)
     assert all(lab in (IGNORE, t) for t, lab in zip(enc.input_ids, enc.labels, strict=True))
-    assert enc.mm_token_type_ids.count(1) == 4
-    assert enc.image_grid_thw.tolist() == [[1, 4, 4]]
+    assert enc.mm_token_type_ids.count(1) == facts.two_turn_text.count(fam.chat.image_pad)
+    if facts.two_turn_grid is not None:
+        assert enc.image_grid_thw.tolist() == [list(facts.two_turn_grid)]
 
 
 def test_last_assistant_only(real_tokenizer):
@@ -106,42 +111,30 @@ def test_qwen3_has_no_default_system_and_keeps_given_one(real_tokenizer):
     )
 
 
-def test_rendering_matches_the_saved_chat_template(real_tokenizer):
-    """Our renderer and the Jinja template written into checkpoints produce the same text."""
-    for family in ("qwen2_vl", "qwen3_vl"):
-        fam = get_family(family)
-        tok = real_tokenizer(family)
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]},
-        ]
-        text = tok.apply_chat_template(messages, tokenize=False, chat_template=fam.chat_template)
-        system = SYSTEM if fam.chat.default_system else ""
-        assert text == (
-            system + "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n"
-            "<|im_start|>assistant\nHello<|im_end|>\n"
-        )
+@pytest.mark.parametrize("family", registered())
+def test_rendering_matches_the_saved_chat_template(real_tokenizer, family):
+    """The Jinja template written into checkpoints renders the hand-written text of family_facts."""
+    fam = get_family(family)
+    expected = need(family, "template_text").template_text
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]},
+    ]
+    tok = real_tokenizer(family)
+    assert tok.apply_chat_template(messages, tokenize=False, chat_template=fam.chat_template) == expected
 
 
-# Box (48, 50, 107, 109) on a 160x120 image, written by hand per family (see test_budget_and_boxes.py);
+# Box (48, 50, 107, 109) on a 160x120 image, written by hand per family (tests/family_facts.py);
 # the same box given in [0, 1000) as (300, 417, 669, 908) must give the same text.
-GROUNDED = {
-    "qwen2_vl": "<|object_ref_start|>red square<|object_ref_end|><|box_start|>(300,417),(669,908)<|box_end|>",
-    "qwen2_5_vl": "<|object_ref_start|>red square<|object_ref_end|><|box_start|>(50,47),(112,102)<|box_end|>",
-    "qwen3_vl": "red square: [300, 417, 669, 908]",
-}
-
-
-@pytest.mark.parametrize("family", sorted(GROUNDED))
+@pytest.mark.parametrize("family", registered())
 @pytest.mark.parametrize("normalized", [False, True])
 def test_grounding_answer_in_family_convention(real_tokenizer, family, normalized):
-    from qwenvl_ft.data.conversation import Box
-
     fam = get_family(family)
+    facts = need(family, "ref_text", "grounding_sep", "box_text")
     proc = VLProcessor.for_family(fam, real_tokenizer(family))
     image = Image.new("RGB", (160, 120))
     box = Box(300, 417, 669, 908, normalized=True) if normalized else Box(48, 50, 107, 109)
-    sep = [Segment("text", ": ")] if family == "qwen3_vl" else []
+    sep = [Segment("text", facts.grounding_sep)] if facts.grounding_sep else []
     conv = Conversation(
         id="g",
         turns=[
@@ -151,7 +144,8 @@ def test_grounding_answer_in_family_convention(real_tokenizer, family, normalize
     )
     enc = encode(conv, proc, [image])
     supervised = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
-    assert supervised == tiktoken_ids(GROUNDED[family] + "<|im_end|>", fam.special_tokens)
+    answer = facts.ref_text + facts.grounding_sep + facts.box_text + "<|im_end|>"
+    assert supervised == expected_ids(fam, proc.tokenizer, answer)
 
 
 def test_box_on_missing_image_is_reported(real_tokenizer):
