@@ -207,6 +207,9 @@ QWEN3_5 = replace(
     special_ids=_QWEN3_5_IDS,
     two_turn_text=_QWEN3_TWO_TURN.replace("assistant\nYes", "assistant\n" + _QWEN3_5_THINK + "Yes"),
     template_text=_CHATML_TEMPLATE.replace("assistant\nHello", "assistant\n" + _QWEN3_5_THINK + "Hello"),
+    # The stand-in BPE (no published vocabulary ships) learned no "Yes": two tokens. The empty think
+    # block before it is prompt, as the official template writes it for every answer without reasoning.
+    two_turn_supervised=("A", " red", " square", ".", "<|im_end|>", "Y", "es", "<|im_end|>"),
     # Meta-device totals without the mtp.* head transformers drops, by hand in test_qwen3_5.py; the
     # cards' 0.9B and 27.8B add it (20.5 M and 424.7 M).
     published_totals={"qwen3_5-0.8b": 0.853e9, "qwen3_5-27b": 27.36e9},
