@@ -195,6 +195,8 @@ class LoraConfig:
     """Module-name regexes; None: every linear layer of the language model (the family's default)."""
     modules_to_save: list[str] | None = None
     """Modules trained in full next to LoRA; None: embeddings and lm_head for base models, else none."""
+    experts: bool = False
+    """Sparse-expert families: LoRA on the routed experts' fused 3-D weights too (PEFT target_parameters)."""
 
     def validate(self) -> None:
         if self.r <= 0 or self.alpha <= 0:

@@ -242,6 +242,9 @@ class ModelFamily:
     """None: the generation takes no video."""
     lora_target_regex: ClassVar[str]
     """Regex (PEFT full-match) selecting every linear layer of the language model, none of the vision tower."""
+    lora_expert_parameters: ClassVar[tuple[str, ...]] = ()
+    """Sparse-expert decoders whose routed experts are fused 3-D parameters, not Linear layers: their
+    names (PEFT `target_parameters`), adapted only when a recipe sets `lora.experts` (empty: no such)."""
     chat_template: ClassVar[str]
     """The Jinja template of the official checkpoints, saved with tiny models."""
     liger_patch: ClassVar[str | None] = None

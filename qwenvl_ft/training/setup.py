@@ -221,6 +221,7 @@ def adapt(model: torch.nn.Module, cfg: RecipeConfig, family: ModelFamily, is_bas
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=targets,
+        target_parameters=expert_parameters(cfg, family),
         modules_to_save=save or None,
         task_type="CAUSAL_LM",
     )
@@ -228,6 +229,23 @@ def adapt(model: torch.nn.Module, cfg: RecipeConfig, family: ModelFamily, is_bas
     if t.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     return model
+
+
+def expert_parameters(cfg: RecipeConfig, family: ModelFamily) -> list[str] | None:
+    """The fused expert weights LoRA adapts when the recipe asks (`lora.experts`), else None.
+
+    PEFT wraps each 3-D parameter with a low-rank delta per expert; it trains and merges like LoRA on
+    a Linear (tests/unit/models/test_qwen3_5.py).
+    """
+    if not cfg.lora.experts:
+        return None
+    if not family.lora_expert_parameters:
+        raise ConfigError(
+            f"lora.experts: {family.title} has no fused expert weights to adapt; set lora.experts: false"
+        )
+    if cfg.train.mode == "qlora":
+        raise ConfigError("lora.experts with train.mode: qlora: bitsandbytes leaves 3-D expert weights alone")
+    return list(family.lora_expert_parameters)
 
 
 def upcast_trainable(model: torch.nn.Module) -> None:

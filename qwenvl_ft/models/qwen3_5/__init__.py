@@ -264,14 +264,17 @@ class Qwen3_5MoeFamily(Qwen3_5Family):
 
     Experts: transformers stores them fused (`mlp.experts.gate_up_proj` (E, 2I, H) and
     `mlp.experts.down_proj` (E, H, I)) as plain parameters, not Linear layers, so the default LoRA
-    targets are attention, linear attention and the shared expert. The router's load-balancing
-    loss is switched on for training (`router_aux_loss`).
+    targets are attention, linear attention and the shared expert; `lora.experts: true` adds the
+    experts through PEFT's `target_parameters`. The router's load-balancing loss is switched on for
+    training (`router_aux_loss`).
     """
 
     name = "qwen3_5_moe"
     title = "Qwen3.5-MoE"
     model_types = ("qwen3_5_moe",)
     lora_target_regex = LORA_TARGETS_3_5_MOE
+    # lora.experts: PEFT 0.21's target_parameters wraps the fused 3-D weights (checked: trains, merges).
+    lora_expert_parameters = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
     router_aux_loss = True
     published_sizes = {
         "Qwen3.5-35B-A3B": "qwen3_5_moe-35b-a3b",

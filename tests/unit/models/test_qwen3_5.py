@@ -336,3 +336,36 @@ def test_plan_describes_the_hybrid_decoder_and_says_when_kernels_are_missing():
 
     p = Precision(2, 2)
     assert linear_block_saved(sh.text, sh.linear, 1, p, False) > block_saved(sh.text, 1, p, False)
+
+
+def test_lora_on_fused_experts_is_a_recipe_choice_that_trains_and_merges(tiny):
+    from qwenvl_ft.config import ConfigError, load_recipe
+    from qwenvl_ft.training.setup import adapt, load_model
+
+    f = get_family("qwen3_5_moe")
+    cfg = load_recipe(
+        REPO / "recipes/tiny/qwen3_5_moe_lora.yaml",
+        [f"model.path={tiny('qwen3_5_moe')}", "lora.experts=true"],
+    )
+    model = adapt(load_model(cfg, f), cfg, f, is_base=False)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    for layer in range(4):  # both fused weights of every layer carry an adapter
+        assert sum(f"layers.{layer}.mlp.experts." in n and "lora_B" in n for n in trainable) == 2
+    ids = torch.randint(0, 1000, (1, 16))
+    before = model(input_ids=ids).logits.detach()
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "experts" in n and "lora_B" in n]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)  # the router sends tokens to them
+    with torch.no_grad():  # an adapter step: the output moves, and merging keeps it exactly
+        for n, p in model.named_parameters():
+            if "experts" in n and "lora_B" in n:
+                p.add_(0.05)
+    adapted = model(input_ids=ids).logits.detach()
+    assert (adapted - before).abs().max() > 1e-3
+    merged = model.merge_and_unload()
+    torch.testing.assert_close(merged(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
+    dense = load_recipe(
+        REPO / "recipes/tiny/qwen3_5_lora.yaml", [f"model.path={tiny('qwen3_5')}", "lora.experts=true"]
+    )
+    with pytest.raises(ConfigError, match=r"lora.experts: Qwen3.5 has no fused expert weights"):
+        adapt(load_model(dense, get_family("qwen3_5")), dense, get_family("qwen3_5"), is_base=False)
