@@ -350,3 +350,9 @@ def sampled(names: list[str], check: str) -> list:
         if n in FACTS and isinstance(FACTS[n].slow_e2e, frozenset) and check in FACTS[n].slow_e2e
     }
     return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
+
+
+def trained_by_test_train() -> list[str]:
+    """The families test_train.py and test_merge.py run: all but those with their own e2e module
+    (a family without facts runs too)."""
+    return [n for n in registered() if n not in FACTS or FACTS[n].e2e_module in (None, UNSET)]

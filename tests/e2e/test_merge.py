@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_facts import trained_by_test_train
 
 from qwenvl_ft.cli import main
 from qwenvl_ft.config import load_recipe
@@ -23,7 +24,7 @@ from qwenvl_ft.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data/demo/demo.jsonl"
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+FAMILIES = trained_by_test_train()
 VARIANTS = {
     "lora": ["train.mode=lora"],
     "lora_modules_to_save": ["train.mode=lora", "model.is_base=true"],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_facts import sampled, trained_by_test_train
 from safetensors.torch import load_file
 
 from qwenvl_ft.config import ConfigError, load_recipe
@@ -18,7 +19,7 @@ from qwenvl_ft.training.modules import part_of
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data/demo/demo.jsonl"
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+FAMILIES = trained_by_test_train()
 LR = {"full": 2e-3, "lora": 1e-2, "qlora": 1e-2}
 
 
@@ -300,7 +301,7 @@ def test_eval_set_with_errors_refuses_to_start(tiny_model, tmp_path):
         run(tiny_model("qwen2_5_vl"), tmp_path / "out", "qwen2_5_vl", "lora", f"data.eval=[{{path: {bad}}}]")
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", sampled(FAMILIES, "packed_run"))
 def test_packed_run_follows_the_padded_run_step_for_step(tiny_model, tmp_path, family):
     """All 8 demo samples per step: one packed row or one padded batch of 8. Same samples, same
     mean over the same supervised tokens, so the two runs must take the same steps."""

@@ -12,6 +12,8 @@ import torch
 
 pytest.importorskip("av", reason="video decoding needs PyAV (av)")
 
+from family_facts import registered, sampled
+
 from qwenvl_ft.cli import main  # noqa: E402
 from qwenvl_ft.data.synthetic import moving_square_video, shapes_image  # noqa: E402
 
@@ -74,7 +76,7 @@ def losses(out: Path) -> list[float]:
     return [h["loss"] for h in state["log_history"] if "loss" in h]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", sampled(registered(lambda f: f.video is not None), "video"))
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 def test_trains_on_mixed_video_image_text_batches(tiny_model, tmp_path, family, packing):
     data = mixed_data(tmp_path / "data")
