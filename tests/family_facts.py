@@ -57,6 +57,21 @@ class Learning:
 
 
 @dataclass(frozen=True)
+class VideoClip:
+    """test_video_encode.py's clip (3 s at 10 fps, 64x48; 2 fps sampling keeps 6 of its 30 frames),
+    worked out by hand from qwen-vl-utils' rules."""
+
+    size: tuple[int, int]
+    """(height, width) every frame is resized to."""
+    grid: tuple[int, int, int]
+    """video_grid_thw: (temporal patches, height patches, width patches)."""
+    text: str
+    """The prompt text from the video's first token through the user's 'What moves?'."""
+    second_per_grid_ts: tuple[float, ...] | None
+    """Seconds per temporal patch where the family puts time into rotary positions, else None."""
+
+
+@dataclass(frozen=True)
 class FamilyFacts:
     """What the per-family tests expect of one generation. Every field must be set (not UNSET)."""
 
@@ -96,6 +111,8 @@ class FamilyFacts:
     "video" (test_train_video.py). A new generation leaves this empty: it runs everything."""
     learning: Learning | None = UNSET
     """The learning test's setup (None: the family has no stand-in vision tower to learn with)."""
+    video_clip: VideoClip | None = UNSET
+    """The video test's clip by hand (None: the family takes no video)."""
 
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -133,6 +150,26 @@ _QWEN3_TWO_TURN = (
     "<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * 64 + "<|vision_end|>" + _TWO_TURN_TAIL
 )
 # Qwen3-VL and Qwen3-VL-MoE ship the same tokenizer (Qwen/Qwen3-VL-*-Instruct tokenizer.json).
+# 64x48 is far under the video floor 128*28*28 = 100352 px: scale by sqrt(100352 / 3072) = 5.7155,
+# ceil to multiples of 28: h = ceil(48 * 5.7155 / 28) * 28 = 280, w = ceil(64 * 5.7155 / 28) * 28 = 392.
+# 20 x 28 patches merge 2x2 into 140 tokens per temporal patch; 6 frames make 3 temporal patches.
+_QWEN2_VIDEO = VideoClip(
+    (280, 392), (3, 20, 28), "<|vision_start|>" + "<|video_pad|>" * 420 + "<|vision_end|>What moves?", None
+)
+# Qwen3-VL: floor 128*32*32 = 131072, factor 32: sqrt(131072 / 3072) = 6.532 -> 320 x 448, 20 x 28
+# patches of 16 px. Time as text before each temporal patch: the mean of its two frames at 10 fps
+# (0+6)/2/10 = 0.3, (12+17)/2/10 = 1.45 -> '1.4' (1.45 is 1.4499... in binary), (23+29)/2/10 = 2.6.
+_PER = "<|video_pad|>" * 140
+_QWEN3_VIDEO = VideoClip(
+    (320, 448),
+    (3, 20, 28),
+    "<|vision_start|>"
+    f"<0.3 seconds><|vision_start|>{_PER}<|vision_end|>"
+    f"<1.4 seconds><|vision_start|>{_PER}<|vision_end|>"
+    f"<2.6 seconds><|vision_start|>{_PER}<|vision_end|>"
+    "<|vision_end|>What moves?",
+    None,
+)
 _QWEN3_IDS = {"<|image_pad|>": 151655, "<tool_response>": 151665, "<think>": 151667, "</think>": 151668}
 _QWEN3_LEARNING = Learning(
     "recipes/tiny/qwen3_vl_grounding.yaml", tiny={"min_pixels": 9216, "max_pixels": 9216}
@@ -162,6 +199,7 @@ QWEN2_VL = FamilyFacts(
     e2e_module=None,
     slow_e2e=frozenset({"packed_run"}),  # Qwen2.5-VL runs it on the same architecture
     learning=None,
+    video_clip=_QWEN2_VIDEO,
 )
 
 QWEN3_VL = FamilyFacts(
@@ -182,6 +220,7 @@ QWEN3_VL = FamilyFacts(
     slow_e2e=frozenset(),
     # The quickstart's model and recipe, unchanged.
     learning=Learning("recipes/tiny/qwen3_vl_grounding.yaml", tiny={"min_pixels": 9216, "max_pixels": 9216}),
+    video_clip=_QWEN3_VIDEO,
 )
 
 # Qwen3.5: tokenizer.json of Qwen/Qwen3.5-* (several public copies agree): the BPE ends at 248043,
@@ -279,6 +318,7 @@ FACTS: dict[str, FamilyFacts] = {
             },
             slow=True,
         ),
+        video_clip=None,
     ),
     "qwen2_vl": QWEN2_VL,
     "qwen2_5_vl": replace(
@@ -290,6 +330,8 @@ FACTS: dict[str, FamilyFacts] = {
         special_ids={**_QWEN2_IDS, "<tool_call>": 151657, "<|file_sep|>": 151664},
         published_totals={"qwen2_5_vl-7b": 8.29e9, "qwen2_5_vl-3b": 3.75e9},
         slow_e2e=frozenset(),
+        # As Qwen2-VL; time goes into the rotary positions: one temporal patch of 2 frames at 2 fps is 1.0 s.
+        video_clip=replace(_QWEN2_VIDEO, second_per_grid_ts=(1.0,)),
     ),
     "qwen3_vl": QWEN3_VL,
     # Qwen3-VL with sparse-expert MLPs: the same tokenizer, template, vision tower and boxes.

@@ -10,6 +10,8 @@ import torch
 
 pytest.importorskip("av")
 
+from family_facts import need, registered  # noqa: E402
+
 from qwenvl_ft.config.schema import DataConfig, DatasetSpec, VideoConfig  # noqa: E402
 from qwenvl_ft.data.check import check_sources, format_report  # noqa: E402
 from qwenvl_ft.data.clips import load_clip, plan_clip  # noqa: E402
@@ -49,58 +51,34 @@ def video_conv(path):
 FRAMES = [0, 6, 12, 17, 23, 29]
 
 
-@pytest.mark.parametrize(
-    "name, size, grid",
-    [
-        # 64x48 is far under the video floor 128*28*28 = 100352 px: scale by sqrt(100352 / 3072) = 5.7155,
-        # ceil to multiples of 28: h = ceil(48 * 5.7155 / 28) * 28 = 280, w = ceil(64 * 5.7155 / 28) * 28 = 392.
-        ("qwen2_vl", (280, 392), (3, 20, 28)),
-        ("qwen2_5_vl", (280, 392), (3, 20, 28)),
-        # Qwen3-VL: floor 128*32*32 = 131072, factor 32: sqrt(131072 / 3072) = 6.532 -> 320 x 448.
-        ("qwen3_vl", (320, 448), (3, 20, 28)),
-    ],
-)
-def test_frames_grid_and_tokens_by_hand(tiny_model, clip_file, name, size, grid):
+@pytest.mark.parametrize("name", registered(lambda f: f.video is not None))
+def test_frames_grid_and_tokens_by_hand(tiny_model, clip_file, name):
+    """Frames, grid, tokens and time of the clip, against tests/family_facts.py (VideoClip)."""
+    want = need(name, "video_clip").video_clip
     proc = processor(tiny_model, name)
     clip = plan_clip(clip_file, proc)
-    assert clip.indices == FRAMES and clip.size == size and clip.grid == grid
+    assert clip.indices == FRAMES and clip.size == want.size and clip.grid == want.grid
     loaded = load_clip(clip, proc)
-    t, h, w = grid
+    t, h, w = want.grid
     # One row per patch; each row holds 3 channels x 2 frames x patch x patch values.
     patch = proc.family.vision.patch_size
     assert tuple(loaded.pixel_values.shape) == (t * h * w, 3 * 2 * patch * patch)
 
     enc = encode(video_conv(clip_file), proc, [], videos=[loaded])
     tok = proc.tokenizer
-    text = tok.decode(enc.input_ids)
-    video_pad = tok.convert_tokens_to_ids("<|video_pad|>")
-    # 20 x 28 patches merge 2x2 into 140 tokens per temporal patch, 3 temporal patches.
-    assert enc.input_ids.count(video_pad) == 420
+    pad = proc.family.chat.video_pad
+    video_pad = tok.convert_tokens_to_ids(pad)
+    assert enc.input_ids.count(video_pad) == want.text.count(pad)
     assert [i for i, m in enumerate(enc.mm_token_type_ids) if m == 2] == [
         i for i, x in enumerate(enc.input_ids) if x == video_pad
     ]
-    assert enc.video_grid_thw.tolist() == [list(grid)]
+    assert enc.video_grid_thw.tolist() == [list(want.grid)]
     assert all(label == IGNORE for label, x in zip(enc.labels, enc.input_ids, strict=True) if x == video_pad)
-    if name == "qwen3_vl":
-        # Time as text before each temporal patch: the mean of its two frames at 10 fps
-        # (0+6)/2/10 = 0.3, (12+17)/2/10 = 1.45 -> '1.4' (1.45 is 1.4499... in binary), (23+29)/2/10 = 2.6.
-        per = "<|video_pad|>" * 140
-        expected = (
-            "<|vision_start|>"
-            f"<0.3 seconds><|vision_start|>{per}<|vision_end|>"
-            f"<1.4 seconds><|vision_start|>{per}<|vision_end|>"
-            f"<2.6 seconds><|vision_start|>{per}<|vision_end|>"
-            "<|vision_end|>What moves?"
-        )
+    if want.second_per_grid_ts is None:
         assert enc.second_per_grid_ts is None
     else:
-        expected = "<|vision_start|>" + "<|video_pad|>" * 420 + "<|vision_end|>What moves?"
-        if name == "qwen2_5_vl":
-            # 6 frames of 30 at 10 fps is 2 frames a second: one temporal patch (2 frames) spans 1.0 s.
-            assert enc.second_per_grid_ts.tolist() == [1.0]
-        else:
-            assert enc.second_per_grid_ts is None
-    assert expected in text
+        assert enc.second_per_grid_ts.tolist() == list(want.second_per_grid_ts)
+    assert want.text in tok.decode(enc.input_ids)
 
 
 def test_recipe_overrides_frames_and_pixels(tiny_model, clip_file):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from family_facts import registered
 
 from qwenvl_ft.models import FAMILIES, detect_family, get_family, resolve_family
 
@@ -28,6 +29,13 @@ def checkpoint(tmp_path, dirname: str, model_type: str):
 )
 def test_detect_from_model_type(tmp_path, model_type, family):
     assert detect_family(checkpoint(tmp_path, "ckpt", model_type)).name == family
+
+
+@pytest.mark.parametrize("name", registered())
+def test_every_declared_model_type_detects_its_own_family(tmp_path, name):
+    """No two families claim one model_type: detection finds each declared one's owner."""
+    for model_type in FAMILIES[name].model_types:
+        assert detect_family(checkpoint(tmp_path, model_type, model_type)) is FAMILIES[name]
 
 
 def test_directory_name_is_ignored(tmp_path):
