@@ -166,7 +166,7 @@ def self_check(family: ModelFamily, model_dir: str | Path) -> float:
     loss = out.loss.item()
     if not math.isfinite(loss):
         raise RuntimeError(f"{model_dir}: self-check loss is {loss}")
-    head = dict(model.named_parameters())[f"{family.paths.lm_head}.weight"]
+    head = model.get_submodule(family.paths.lm_head).weight  # tied embeddings are listed under their own name
     if head.grad is None or not torch.isfinite(head.grad).all():
         raise RuntimeError(f"{model_dir}: self-check backward produced no finite gradient on lm_head")
     return loss

@@ -8,22 +8,20 @@ activations those layers keep (`plan/activations.py: linear_block_saved`).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from ..base import BlockShapes, LinearAttentionShapes, Shapes
 from ..qwen2_vl import text_shapes
 
 
 def qwen3_5_shapes(config) -> Shapes:
     t, v = config.text_config, config.vision_config
-    text = text_shapes(t, qk_norm=True)
     if getattr(t, "num_experts", None):
-        # Each token runs through its top-k experts and the shared expert: as one MLP that wide.
-        text = BlockShapes(
-            **{
-                **text.__dict__,
-                "intermediate": t.moe_intermediate_size * t.num_experts_per_tok
-                + t.shared_expert_intermediate_size,
-            }
-        )
+        # Each token runs through its top-k experts and the shared expert: as one MLP that wide
+        # (the MoE text config has no dense intermediate_size).
+        wide = t.moe_intermediate_size * t.num_experts_per_tok + t.shared_expert_intermediate_size
+        t = SimpleNamespace(**{**t.to_dict(), "intermediate_size": wide})
+    text = text_shapes(t, qk_norm=True)
     kinds = list(t.layer_types)
     linear = LinearAttentionShapes(
         layers=kinds.count("linear_attention"),

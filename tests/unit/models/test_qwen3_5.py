@@ -336,6 +336,11 @@ def test_plan_describes_the_hybrid_decoder_and_says_when_kernels_are_missing():
 
     p = Precision(2, 2)
     assert linear_block_saved(sh.text, sh.linear, 1, p, False) > block_saved(sh.text, 1, p, False)
+    # The MoE decoder: an MLP as wide as the top-8 experts plus the shared one (8 * 512 + 512).
+    moe = load_recipe(REPO / "recipes/qwen3_vl/8b_lora.yaml", ["model.path=Qwen/Qwen3.5-35B-A3B"])
+    moe_report = plan_recipe(moe)
+    assert moe_report.facts.shapes.text.intermediate == 4608
+    assert moe_report.plan.total_gib > 0
 
 
 def test_lora_on_fused_experts_is_a_recipe_choice_that_trains_and_merges(tiny):
