@@ -37,6 +37,13 @@ class Answer:
     """The reasoning before it (None: the answer gave none)."""
 
 
+def check_thinking(family: ModelFamily, thinking: bool | None) -> None:
+    """ValueError naming the family when `thinking` is switched on one without a thinking mode."""
+    if thinking is not None and not family.thinking:
+        state = "on" if thinking else "off"
+        raise ValueError(f"thinking {state}: {family.title} ({family.name}) has no thinking mode")
+
+
 @dataclass
 class Predictor:
     model: torch.nn.Module
@@ -47,11 +54,7 @@ class Predictor:
     generations that declare `thinking`."""
 
     def __post_init__(self) -> None:
-        if self.thinking is not None and not self.family.thinking:
-            raise ValueError(
-                f"thinking {'on' if self.thinking else 'off'}: {self.family.title} ({self.family.name}) "
-                "has no thinking mode"
-            )
+        check_thinking(self.family, self.thinking)
 
     @classmethod
     def load(
@@ -68,8 +71,7 @@ class Predictor:
         if (path / "adapter_config.json").is_file():  # a LoRA run: the adapter on its recorded base
             meta = read_run(path)
             family = get_family(meta["family"])
-            if thinking is not None and not family.thinking:  # refused before the weights load
-                cls(None, None, family, thinking)
+            check_thinking(family, thinking)  # refused before the weights load
             base_path = Path(base or meta["base_model"])
             model = load_source("lora", path, base_path, family, torch_dtype)
             processor = family.load_processor(
@@ -77,8 +79,7 @@ class Predictor:
             )
         else:
             family = resolve_family(str(path), None)
-            if thinking is not None and not family.thinking:  # refused before the weights load
-                cls(None, None, family, thinking)
+            check_thinking(family, thinking)
             model = family.load_model(str(path), dtype=torch_dtype)
             processor = family.load_processor(str(path))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
