@@ -43,3 +43,10 @@ def test_facts_agree_with_what_the_family_declares():
 
 def name_complete(name: str) -> bool:
     return name in FACTS and not incomplete([name])
+
+
+def test_every_registered_family_has_its_tiny_recipe():
+    """The per-family training tests load recipes/tiny/<family>_lora.yaml."""
+    recipes = E2E.parents[1] / "recipes/tiny"
+    missing = [name for name in FAMILIES if not (recipes / f"{name}_lora.yaml").is_file()]
+    assert not missing, f"no recipes/tiny/<family>_lora.yaml for: {', '.join(missing)}"
