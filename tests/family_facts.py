@@ -250,8 +250,8 @@ QWEN3_5 = replace(
     # block before it is prompt, as the official template writes it for every answer without reasoning.
     two_turn_supervised=("A", " red", " square", ".", "<|im_end|>", "Y", "es", "<|im_end|>"),
     # Meta-device totals without the mtp.* head transformers drops, by hand in test_qwen3_5.py; the
-    # cards' 0.9B and 27.8B add it (20.5 M and 424.7 M).
-    published_totals={"qwen3_5-0.8b": 0.853e9, "qwen3_5-27b": 27.36e9},
+    # cards' 0.9B and 27.8B add it (20.5 M and 424.7 M; 9B: 243 M).
+    published_totals={"qwen3_5-0.8b": 0.853e9, "qwen3_5-9b": 9.41e9, "qwen3_5-27b": 27.36e9},
     slow_e2e=frozenset(),
     learning=None,  # the learning test's Qwen3.5 setup is not worked out yet
 )

@@ -125,6 +125,7 @@ class Qwen3_5Family(Qwen3VLFamily):
     kept_tensors = ("mtp.",)
     published_sizes = {
         "Qwen3.5-0.8B": "qwen3_5-0.8b",
+        "Qwen3.5-9B": "qwen3_5-9b",
         "Qwen3.5-27B": "qwen3_5-27b",
         "Qwen3.6-27B": "qwen3_5-27b",
     }

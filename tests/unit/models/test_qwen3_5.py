@@ -308,6 +308,9 @@ def test_published_language_counts_by_hand():
     f08 = load_facts("x", None, "qwen3_5-0.8b")
     assert f08.by_part["language"] == _hand_language(1024, 24, 8, 2, 256, 16, 16, 128, 128, 3 * 1024 * 3584)
     assert "lm_head" not in f08.by_part
+    # Qwen3.5-9B: 32 layers, hidden 4096, MLP 12288, 16 / 4 heads, linear 16 / 32 heads.
+    f9 = load_facts("x", None, "qwen3_5-9b")
+    assert f9.by_part["language"] == _hand_language(4096, 32, 16, 4, 256, 16, 32, 128, 128, 3 * 4096 * 12288)
     # 35B-A3B: 256 experts of 512 (gate_up fused), a 512 shared expert and its scalar gate, a router.
     moe = 256 * 3 * 2048 * 512 + 3 * 2048 * 512 + 2048 + 256 * 2048
     f35 = load_facts("x", None, "qwen3_5_moe-35b-a3b")
