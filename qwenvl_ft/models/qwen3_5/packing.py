@@ -42,6 +42,7 @@ Paths, each exact by construction (every sample computes what it computes alone)
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.integrations.accelerate import force_accelerate_hooks
+
+log = logging.getLogger("qwenvl_ft")
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,12 @@ def isolate_linear_attention(model: nn.Module, kernels: Kernels | None = None) -
             f"{type(model).__name__} has no Gated DeltaNet layers: nothing to isolate "
             "(isolate_linear_attention is for Qwen3.5 models)"
         )
+    log.info(
+        f"packed rows: {count} linear-attention layers restart at every sample; on "
+        f"{'/'.join(kernels.device_types)} the conv runs "
+        f"{'causal-conv1d with seq_idx' if kernels.conv else 'in torch'} and the delta rule "
+        f"{'fla with cu_seqlens' if kernels.delta_rule else 'in torch, once per sample'}"
+    )
     return count
 
 
