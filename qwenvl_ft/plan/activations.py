@@ -19,10 +19,13 @@ With gradient checkpointing a block keeps only its input (e*w); one block is rec
 in backward. Either way the backward of one block needs gradient scratch of about e*i + 8 w.
 
 Hybrid decoders (Gated DeltaNet linear attention in some blocks, `linear_block_saved`) replace the
-attention term. Derived op by op from transformers' torch path (modeling_qwen3_5.py), not yet
-measured: the conv1d input (in_proj_qkv's output, 2 kd + vd wide), the SiLU input and output, fp32
-copies of q, k, v for the delta rule, one fp32 (heads x dk x dv) state per 64-token chunk, z, and
-the gated RMSNorm's fp32 input; plus out_proj's input when trainable.
+attention term with what transformers' torch path (modeling_qwen3_5.py) keeps, counted by storage
+on CPU (tests/unit/models/test_qwen3_5.py): the short conv's input and SiLU input (2 kd + vd wide,
+in the activation dtype), and in fp32 about 22 value-widths of delta-rule tensors (q, k, v and
+their beta / decay products, the per-chunk products, the gated norm's inputs), five
+(heads x 64-token chunk) attention matrices and one (heads x dk x dv) state per chunk. With
+flash-linear-attention on GPU the kernels recompute most of that in backward: there the term is an
+upper bound (not measured on GPU yet).
 """
 
 from __future__ import annotations
@@ -99,13 +102,11 @@ def linear_block_saved(
     dropout: float = 0.0,
 ) -> int:
     """Bytes one linear-attention (Gated DeltaNet) block keeps for backward; arguments as `block_saved`."""
-    e = p.e
     kd, vd = lin.key_heads * lin.key_head_dim, lin.value_heads * lin.value_head_dim
-    qkv = 2 * kd + vd
-    mixer = 3 * e * qkv + 4 * qkv  # conv input, SiLU input and output; fp32 q, k, v
-    mixer += 4 * lin.value_heads * lin.key_head_dim * lin.value_head_dim // CHUNK_DELTA  # chunk states
-    mixer += e * vd + 4 * vd + 8 * lin.value_heads  # z, the gated norm's fp32 input, beta and g
-    mixer += e * vd if trainable else 0  # out_proj's input
+    mixer = 2 * p.e * (2 * kd + vd)  # the conv's input and its SiLU's input
+    # The delta rule runs in fp32 (kd <= vd in every published config: counted as value widths).
+    states = lin.value_heads * lin.key_head_dim * lin.value_head_dim // CHUNK_DELTA
+    mixer += 4 * (22 * vd + 5 * lin.value_heads * CHUNK_DELTA + states)
     return tokens * (mixer + _norms_mlp_lora(b, p, trainable, adapters, r, dropout))
 
 

@@ -377,3 +377,46 @@ def test_lora_on_fused_experts_is_a_recipe_choice_that_trains_and_merges(tiny):
     )
     with pytest.raises(ConfigError, match=r"lora.experts: Qwen3.5 has no fused expert weights"):
         adapt(load_model(dense, get_family("qwen3_5")), dense, get_family("qwen3_5"), is_base=False)
+
+
+def test_linear_attention_activations_match_cpu_measurement(capsys):
+    """What autograd keeps for two Gated DeltaNet blocks on transformers' torch path (CPU, fp32),
+    counted by storage, against `linear_block_saved` (value heads 3x the key heads, 3 chunks)."""
+    from transformers import Qwen3_5TextConfig
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextModel
+
+    from qwenvl_ft.models.base import BlockShapes, LinearAttentionShapes
+    from qwenvl_ft.plan.activations import Precision, decoder_extra, linear_block_saved
+
+    T, h = 192, 768
+    config = Qwen3_5TextConfig(
+        hidden_size=h,
+        intermediate_size=2048,
+        num_hidden_layers=2,
+        layer_types=["linear_attention"] * 2,
+        linear_num_key_heads=4,
+        linear_num_value_heads=12,
+        vocab_size=512,
+        rope_parameters=dict(get_family("qwen3_5").tiny_rope, mrope_section=[11, 11, 10]),
+    )
+    torch.manual_seed(0)
+    model = Qwen3_5TextModel(config).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    ids = torch.randint(0, 512, (1, T))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, use_cache=False).last_hidden_state.sum().backward()
+    b = BlockShapes(depth=2, width=h, intermediate=2048, heads=16, kv_heads=4, head_dim=256, qk_norm=True)
+    lin = LinearAttentionShapes(2, 4, 12, 128, 128, 4)
+    p = Precision(4, 4, 4)
+    est = 2 * linear_block_saved(b, lin, T, p, True) + decoder_extra(b, T, p, True)
+    measured = sum(saved.values())
+    with capsys.disabled():
+        print(f"\nGated DeltaNet x2, {T} tokens: saved {measured / 2**20:.1f} MiB (est {est / 2**20:.1f})")
+    assert abs(est / measured - 1) < 0.15
