@@ -162,8 +162,8 @@ class DataConfig:
     thinking: Thinking | None = None
     """Assistant reasoning (`reasoning_content` or a leading `<think>...</think>` in the data), for the
     generations with a thinking mode. template: as the checkpoint's official template renders the
-    conversation (Qwen3.5: reasoning only on the answers after the last user turn, earlier turns'
-    dropped); drop_earlier: that rule whatever the template; keep: every answer's reasoning; drop: no
+    conversation (the generation's `ChatFormat.think.history`); drop_earlier: reasoning only on the
+    answers after the last user turn, earlier turns' dropped; keep: every answer's reasoning; drop: no
     reasoning anywhere, every turn rendered as the template renders one without. Rendered reasoning is
     supervised with its <think> tags; the empty block the template writes on a turn without reasoning
     is prompt, as at inference with thinking off. None: template on thinking generations; on the
