@@ -107,7 +107,9 @@ class Qwen3_5Family(Qwen3VLFamily):
     name = "qwen3_5"
     title = "Qwen3.5"
     model_types = ("qwen3_5",)
-    liger_patch = None  # Liger-Kernel 0.8 has no Qwen3.5 patch (zero-centred norms, DeltaNet)
+    # Liger-Kernel 0.8.5 (read): zero-centred RMSNorm as offset 1.0 ("gemma" casting), SwiGLU MLP; no
+    # rope kernel for the partial mRoPE, DeltaNet untouched. Not run here (Triton needs a GPU).
+    liger_patch = "apply_liger_kernel_to_qwen3_5"
     processor_class = "Qwen3VLProcessor"  # the published preprocessor_config.json names it
     special_tokens = SPECIAL_TOKENS_3_5
     first_special_id = FIRST_SPECIAL_ID
@@ -273,6 +275,7 @@ class Qwen3_5MoeFamily(Qwen3_5Family):
     name = "qwen3_5_moe"
     title = "Qwen3.5-MoE"
     model_types = ("qwen3_5_moe",)
+    liger_patch = "apply_liger_kernel_to_qwen3_5_moe"
     lora_target_regex = LORA_TARGETS_3_5_MOE
     # lora.experts: PEFT 0.21's target_parameters wraps the fused 3-D weights (checked: trains, merges).
     lora_expert_parameters = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
