@@ -11,8 +11,9 @@ Formats (detected per record with format "auto"):
 
 Reasoning, in every format: an assistant message's `reasoning_content` field (OpenAI / ms-swift
 style) or a `<think>...</think>` block opening its text becomes the turn's `reasoning`, apart from
-its answer. A `<think>` that is never closed, a tag anywhere but at the start of the first text,
-reasoning given twice, or reasoning in a system or user turn is a `DataError`.
+its answer. A `<think>` that is never closed, an assistant's tag anywhere but at the start of its
+first text, reasoning given twice, or reasoning (a field, or a block opening the text) in a system
+or user turn is a `DataError`.
 
 Every error names the sample as `file:line` (JSONL), `file[index]` (JSON) and its id. Whatever a
 record holds (wrong types, NaN, bad UTF-8, nesting too deep), reading it raises `DataError`, never
@@ -157,12 +158,16 @@ def _split_think(text: str) -> tuple[str, str]:
 
 def _reasoning(msg: dict[str, Any], role: str, k: int, text: Any) -> tuple[str | None, Any]:
     """(reasoning or None, text without it) of message `k` (0-based): its `reasoning_content`
-    field or a `<think>` block opening `text` (text that is not a string is returned as it is)."""
+    field or a `<think>` block opening `text` (text that is not a string is returned as it is).
+
+    Only an assistant's text is read for tags, as the official templates read them; a system or
+    user text may mention them (R1-style prompts do) and is reasoning only when a block opens it."""
     field = msg.get("reasoning_content")
     if field is not None and not isinstance(field, str):
         raise DataError(f"turn {k + 1}: reasoning_content must be a string, got {type(field).__name__}")
     block = None
-    if _has_think_tag(text):
+    opens = isinstance(text, str) and text.lstrip().startswith(THINK_OPEN)
+    if _has_think_tag(text) and (role == "assistant" or opens):
         try:
             block, text = _split_think(text)
         except DataError as e:
@@ -304,7 +309,7 @@ def _read_openai(record: dict[str, Any], base: Path) -> Conversation:
                 text = part["text"]
                 if j == 0:  # reasoning opens the turn: a <think> block in its first part
                     reasoning, text = _reasoning(msg, role, k, text)
-                elif _has_think_tag(text):
+                elif role == "assistant" and _has_think_tag(text):
                     raise DataError(f"turn {k + 1} ({role}): a think tag after the first content part")
                 segments.append(Segment("text", text))
             elif kind in ("image", "image_url"):

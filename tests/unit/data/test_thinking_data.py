@@ -154,6 +154,28 @@ def test_reasoning_outside_assistant_turns_is_an_error(user):
         read({"messages": msgs + [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
 
 
+def test_prompts_that_mention_the_tags_are_plain_text():
+    """R1-style prompts describe the format: only an assistant's text is read for think tags."""
+    system = "Reason inside <think> </think> tags, then answer."
+    conv = read(
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Q"}, {"type": "text", "text": "</think>?"}],
+                },
+                {"role": "assistant", "content": "<think>r</think>A"},
+            ]
+        }
+    )
+    assert [(t.reasoning, answer_text(t)) for t in conv.turns] == [
+        (None, system),
+        (None, "Q</think>?"),
+        ("r", "A"),
+    ]
+
+
 def test_an_empty_reasoning_field_on_a_user_turn_is_no_reasoning():
     conv = read(
         {
