@@ -346,7 +346,8 @@ FACTS: dict[str, FamilyFacts] = {
     # Qwen3.5 with sparse-expert MLPs: the same tokenizer, template, vision tower and boxes.
     "qwen3_5_moe": replace(
         QWEN3_5,
-        published_totals={"qwen3_5_moe-35b-a3b": 35.11e9},  # the card's 36B adds the 844.6 M mtp.* head
+        # Without the mtp.* head, as the names count (35B, 397B); the 35B card's 36B adds it (844.6 M).
+        published_totals={"qwen3_5_moe-35b-a3b": 35.11e9, "qwen3_5_moe-397b-a17b": 396.8e9},
         learning=None,
     ),
 }

@@ -283,6 +283,7 @@ class Qwen3_5MoeFamily(Qwen3_5Family):
     published_sizes = {
         "Qwen3.5-35B-A3B": "qwen3_5_moe-35b-a3b",
         "Qwen3.6-35B-A3B": "qwen3_5_moe-35b-a3b",
+        "Qwen3.5-397B-A17B": "qwen3_5_moe-397b-a17b",
     }
 
     def model_class(self):

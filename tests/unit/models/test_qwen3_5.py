@@ -315,6 +315,12 @@ def test_published_language_counts_by_hand():
     moe = 256 * 3 * 2048 * 512 + 3 * 2048 * 512 + 2048 + 256 * 2048
     f35 = load_facts("x", None, "qwen3_5_moe-35b-a3b")
     assert f35.by_part["language"] == _hand_language(2048, 40, 16, 2, 256, 16, 32, 128, 128, moe)
+    # 397B-A17B: 60 layers, hidden 4096, 512 experts of 1024 (top 10), 32 / 2 heads, linear 16 / 64;
+    # the meta-device total, 396.8 B, is the name's 397B.
+    moe = 512 * 3 * 4096 * 1024 + 3 * 4096 * 1024 + 4096 + 512 * 4096
+    f397 = load_facts("x", None, "qwen3_5_moe-397b-a17b")
+    assert f397.by_part["language"] == _hand_language(4096, 60, 32, 2, 256, 16, 64, 128, 128, moe)
+    assert round(sum(f397.by_part.values()) / 1e9) == 397
     # Totals without the mtp.* head (transformers drops it): the cards' 0.9B / 27.8B / 36B include it.
     assert sum(f08.by_part.values()) == 852_985_920
     assert sum(f27.by_part.values()) == 27_356_728_560
