@@ -96,10 +96,12 @@ TINY_ROPE_3_5 = {
 # Qwen3-VL's tiny tower without DeepStack.
 TINY_VISION_3_5 = {k: v for k, v in Qwen3VLFamily.tiny_vision.items() if k != "deepstack_visual_indexes"}
 
+# Kernel packages (import name: PyPI name) whose absence makes transformers run its torch fallback.
+KERNELS = {"fla": "flash-linear-attention", "causal_conv1d": "causal-conv1d"}
 SPEED_NOTE = (
-    "{title}: flash-linear-attention is not installed, so its linear-attention layers run "
-    "transformers' torch fallback (a Python loop over chunks, many times slower on GPU); install the "
-    "kernels with: pip install 'qwenvl-ft[qwen3_5]'"
+    "{title}: {missing} not installed, so its linear-attention layers run transformers' torch "
+    "fallback (a Python loop over 64-token chunks: exact, much slower on GPU); install the kernels "
+    "with: pip install 'qwenvl-ft[qwen3_5]'"
 )
 
 
@@ -168,9 +170,14 @@ class Qwen3_5Family(Qwen3VLFamily):
     def speed_notes(self, device: str) -> list[str]:
         import importlib.util
 
-        if device != "cuda" or importlib.util.find_spec("fla") is not None:
+        missing = [name for module, name in KERNELS.items() if importlib.util.find_spec(module) is None]
+        if device != "cuda" or not missing:  # on CPU the torch path is the only one (and exact)
             return []
-        return [SPEED_NOTE.format(title=self.title)]
+        return [
+            SPEED_NOTE.format(
+                title=self.title, missing=" and ".join(missing) + (" are" if len(missing) > 1 else " is")
+            )
+        ]
 
     # -- planner ---------------------------------------------------------------------------------
     def shapes(self, config) -> Shapes:

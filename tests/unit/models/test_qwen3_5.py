@@ -339,7 +339,9 @@ def test_plan_describes_the_hybrid_decoder_and_says_when_kernels_are_missing():
     assert (sh.linear.layers, sh.text.depth, sh.linear.first_full) == (48, 64, 3)
     text = format_plan(report)
     assert "Qwen3.5" in text and "published qwen3_5-27b.json" in text
-    assert ("pip install 'qwenvl-ft[qwen3_5]'" in text) == (importlib.util.find_spec("fla") is None)
+    kernels = importlib.util.find_spec("fla") and importlib.util.find_spec("causal_conv1d")
+    assert ("pip install 'qwenvl-ft[qwen3_5]'" in text) == (not kernels)
+    assert report.facts.family.speed_notes("cpu") == []  # the torch path is the only one there
     # A linear-attention block keeps more than a full one here (the conv and delta-rule inputs).
     from qwenvl_ft.plan.activations import Precision, block_saved, linear_block_saved
 
