@@ -10,8 +10,9 @@ Facts, and where they were checked (transformers 5.24's `models/qwen3_5*`, the p
   tokens (248070..248076) no Qwen3.5 model reads. The config's token ids (transformers' defaults
   and the published config.json) and generation_config (eos [248046, 248044], pad 248044) agree;
 - the chat template is the official one (`chat_template.jinja`): ChatML with `<think>` blocks;
-  `add_generation_prompt` opens `<think>\\n` (thinking, the default) or writes an empty block
-  `<think>\\n\\n</think>\\n\\n` with enable_thinking=false;
+  `add_generation_prompt` opens `<think>\\n` (thinking, the template's default) or writes an empty
+  block `<think>\\n\\n</think>\\n\\n` with enable_thinking=false. The Qwen3.5-0.8B card says that
+  model runs without thinking by default: its own template's default is not checked here;
 - vision: patch 16, 2x2 merge, temporal patch 2, mean = std = 0.5, shortest_edge 65,536 and
   longest_edge 16,777,216 pixels (the published preprocessor_config.json), as Qwen3-VL; one merger,
   no DeepStack; video frames carry `<t seconds>` text like Qwen3-VL (get_rope_index splits each
@@ -155,7 +156,9 @@ class Qwen3_5Family(Qwen3VLFamily):
 
     # -- chat ------------------------------------------------------------------------------------
     def generation_prompt(self, thinking: bool | None = None) -> str:
-        # The official template: thinking unless enable_thinking is false (then an empty block).
+        # The official template: thinking unless enable_thinking is false (then an empty block). None
+        # gives this template's default; a checkpoint whose own template defaults otherwise (the
+        # 0.8B's card says it does not think by default) needs its template rendered instead.
         if thinking is False:
             return "assistant\n<think>\n\n</think>\n\n"
         return "assistant\n<think>\n"
