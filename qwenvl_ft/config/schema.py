@@ -14,7 +14,7 @@ from typing import Literal
 
 Dtype = Literal["bf16", "fp16", "fp32"]
 DataFormat = Literal["auto", "qwen_vl", "llava", "messages", "openai"]
-Thinking = Literal["template", "drop_earlier", "keep", "drop"]
+Thinking = Literal["template", "drop_earlier", "keep", "drop", "inline"]
 
 
 class ConfigError(ValueError):
@@ -166,8 +166,9 @@ class DataConfig:
     answers after the last user turn, earlier turns' dropped; keep: every answer's reasoning; drop: no
     reasoning anywhere, every turn rendered as the template renders one without. Rendered reasoning is
     supervised with its <think> tags; the empty block the template writes on a turn without reasoning
-    is prompt, as at inference with thinking off. None: template on thinking generations; on the
-    others data with reasoning is refused unless this is drop."""
+    is prompt, as at inference with thinking off. inline (generations without a thinking mode): the
+    reasoning is plain text opening the answer, exactly as the data wrote it (R1-style answers).
+    None: template on thinking generations, inline on the others."""
 
     def validate(self) -> None:
         if not self.train:

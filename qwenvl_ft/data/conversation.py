@@ -53,6 +53,9 @@ class Turn:
     reasoning: str | None = None
     """An assistant turn's reasoning (a `reasoning_content` field or a leading `<think>...</think>`),
     kept apart from its answer: the recipe's `data.thinking` decides whether it is rendered."""
+    reasoning_verbatim: str | None = None
+    """The text the reasoning was cut from, exactly as the data wrote it (`<think>...</think>` and the
+    newlines after it), so `data.thinking: inline` trains it as written; None for reasoning_content."""
 
 
 @dataclass

@@ -12,7 +12,9 @@ Reasoning (`Turn.reasoning`) is rendered on the generations that declare `thinki
 official template writes it (`ChatFormat.think`): a `<think>\n...\n</think>\n\n` block after the
 assistant header, on the turns the recipe's `data.thinking` (the processor's `thinking`) shows it
 on; it is supervised with its tags. A shown turn without reasoning gets the template's empty block,
-which stays prompt (-100): with thinking off, inference writes it into the prompt.
+which stays prompt (-100): with thinking off, inference writes it into the prompt. Generations
+without a thinking mode train reasoning as plain text opening the answer, exactly as the data wrote
+it (`inline`, their default: R1-style `<think>...</think>` answers), or not at all (`drop`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from .conversation import Box, Conversation
+from .conversation import Box, Conversation, Turn
 from .readers import DataError
 
 if TYPE_CHECKING:
@@ -86,6 +88,8 @@ def render(
         if shown[i] is not None:
             pieces.append(Piece(chat.think.block(shown[i]), sup and bool(shown[i])))
         content_start = len(pieces)
+        if turn.reasoning and not processor.family.thinking and processor.thinking != "drop":
+            pieces.append(Piece(inline_reasoning(turn), sup))
         for seg in turn.segments:
             if seg.kind == "text":
                 pieces.append(Piece(str(seg.value), sup))
@@ -124,6 +128,13 @@ def render(
     return pieces
 
 
+def inline_reasoning(turn: Turn) -> str:
+    """The reasoning as plain text opening the answer (`data.thinking: inline`, the default on
+    generations without a thinking mode): as the data wrote it, or in a think block when it came as
+    a `reasoning_content` field."""
+    return turn.reasoning_verbatim or f"<think>\n{turn.reasoning.strip()}\n</think>\n\n"
+
+
 def shown_reasoning(conv: Conversation, processor: VLProcessor) -> list[str | None]:
     """Per turn, the reasoning its think block shows ("" for the empty block), or None for no block:
     the family's official template as the recipe's `data.thinking` (`processor.thinking`) adjusts it.
@@ -132,16 +143,15 @@ def shown_reasoning(conv: Conversation, processor: VLProcessor) -> list[str | No
     """
     family, mode, turns = processor.family, processor.thinking, conv.turns
     reasoning = [(t.reasoning or "").strip() for t in turns]
-    if not family.thinking:
-        if mode not in (None, "drop"):
+    if not family.thinking:  # no think blocks; `inline` reasoning is text of the answer (render)
+        if mode not in (None, "inline", "drop"):
             raise DataError(f"data.thinking: {mode}, but {family.title} ({family.name}) has no thinking mode")
-        if mode is None and any(reasoning):
-            first = next(i for i, r in enumerate(reasoning) if r)
-            raise DataError(
-                f"turn {first + 1} carries reasoning, but {family.title} ({family.name}) has no thinking "
-                "mode: set data.thinking: drop to train on the answers without it"
-            )
         return [None] * len(turns)
+    if mode == "inline":
+        raise DataError(
+            f"data.thinking: inline is for generations without a thinking mode; {family.title} "
+            "renders reasoning in its own think blocks (template, drop_earlier, keep or drop)"
+        )
     history = family.chat.think.history if mode in (None, "template", "drop") else mode
     # The template's last query is the last user turn: the assistant turns after it show reasoning.
     last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=-1)

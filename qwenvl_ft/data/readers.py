@@ -156,20 +156,22 @@ def _split_think(text: str) -> tuple[str, str]:
     return reasoning.strip(), rest.lstrip("\n")
 
 
-def _reasoning(msg: dict[str, Any], role: str, k: int, text: Any) -> tuple[str | None, Any]:
-    """(reasoning or None, text without it) of message `k` (0-based): its `reasoning_content`
-    field or a `<think>` block opening `text` (text that is not a string is returned as it is).
+def _reasoning(msg: dict[str, Any], role: str, k: int, text: Any) -> tuple[str | None, Any, str | None]:
+    """(reasoning or None, text without it, the text it was cut from verbatim or None) of message `k`
+    (0-based): its `reasoning_content` field or a `<think>` block opening `text` (text that is not a
+    string is returned as it is).
 
     Only an assistant's text is read for tags, as the official templates read them; a system or
     user text may mention them (R1-style prompts do) and is reasoning only when a block opens it."""
     field = msg.get("reasoning_content")
     if field is not None and not isinstance(field, str):
         raise DataError(f"turn {k + 1}: reasoning_content must be a string, got {type(field).__name__}")
-    block = None
+    block = verbatim = None
     opens = isinstance(text, str) and text.lstrip().startswith(THINK_OPEN)
     if _has_think_tag(text) and (role == "assistant" or opens):
         try:
-            block, text = _split_think(text)
+            block, answer = _split_think(text)
+            verbatim, text = text[: len(text) - len(answer)], answer
         except DataError as e:
             raise DataError(f"turn {k + 1} ({role}): {e}") from None
     if field and block is not None:
@@ -178,14 +180,14 @@ def _reasoning(msg: dict[str, Any], role: str, k: int, text: Any) -> tuple[str |
     # An empty reasoning_content on a user turn is an export artefact, not reasoning.
     if role != "assistant" and (block is not None or field):
         raise DataError(f"turn {k + 1}: reasoning in a {role} turn: only assistant turns carry reasoning")
-    return reasoning, text
+    return reasoning, text, verbatim
 
 
 def _read_qwen_vl(record: dict[str, Any], base: Path) -> Conversation:
     turns, n_images = [], 0
     for k, msg in enumerate(record["conversations"]):
         role = _role(msg["from"])
-        reasoning, text = _reasoning(msg, role, k, msg["value"])
+        reasoning, text, verbatim = _reasoning(msg, role, k, msg["value"])
         segments, pos = [], 0
         for m in _QWEN_VL_TOKENS.finditer(text):
             if m.start() > pos:
@@ -202,7 +204,7 @@ def _read_qwen_vl(record: dict[str, Any], base: Path) -> Conversation:
             pos = m.end()
         if pos < len(text):
             segments.append(Segment("text", text[pos:]))
-        turns.append(Turn(role, segments, reasoning))
+        turns.append(Turn(role, segments, reasoning, verbatim))
     return Conversation(id="", turns=turns)
 
 
@@ -223,12 +225,12 @@ def _read_messages(record: dict[str, Any], base: Path) -> Conversation:
 
 
 def _with_reasoning(raw: list[dict[str, Any]], role_key: str, text_key: str) -> list[dict[str, Any]]:
-    """Messages as {"role", "content", "reasoning"}: the reasoning taken out of the text."""
+    """Messages as {"role", "content", "reasoning", "verbatim"}: the reasoning taken out of the text."""
     msgs = []
     for k, m in enumerate(raw):
         role = _role(m[role_key])
-        reasoning, content = _reasoning(m, role, k, m[text_key])
-        msgs.append({"role": role, "content": content, "reasoning": reasoning})
+        reasoning, content, verbatim = _reasoning(m, role, k, m[text_key])
+        msgs.append({"role": role, "content": content, "reasoning": reasoning, "verbatim": verbatim})
     return msgs
 
 
@@ -279,7 +281,7 @@ def _placeholders(msgs, images, videos, objects, base: Path, llava: bool = False
                 segments.append(Segment("box", Box(*map(float, value), image=img, normalized=normalized)))
         if pos < len(text):
             segments.append(Segment("text", text[pos:]))
-        turns.append(Turn(msg["role"], segments, msg["reasoning"]))
+        turns.append(Turn(msg["role"], segments, msg["reasoning"], msg["verbatim"]))
     for tag, queue in queues.items():
         if counts[tag] != len(queue):
             name = {
@@ -302,13 +304,13 @@ def _read_openai(record: dict[str, Any], base: Path) -> Conversation:
         role, content = _role(msg["role"]), msg["content"]
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        segments, reasoning = [], None
+        segments, reasoning, verbatim = [], None, None
         for j, part in enumerate(content):
             kind = part.get("type") or next((key for key in ("image", "video", "text") if key in part), None)
             if kind == "text":
                 text = part["text"]
                 if j == 0:  # reasoning opens the turn: a <think> block in its first part
-                    reasoning, text = _reasoning(msg, role, k, text)
+                    reasoning, text, verbatim = _reasoning(msg, role, k, text)
                 elif role == "assistant" and _has_think_tag(text):
                     raise DataError(f"turn {k + 1} ({role}): a think tag after the first content part")
                 segments.append(Segment("text", text))
@@ -324,7 +326,7 @@ def _read_openai(record: dict[str, Any], base: Path) -> Conversation:
                 )
         if reasoning is None and (not content or segments[0].kind != "text"):
             reasoning = _reasoning(msg, role, k, None)[0]  # the field alone, when no text comes first
-        turns.append(Turn(role, segments, reasoning))
+        turns.append(Turn(role, segments, reasoning, verbatim))
     return Conversation(id="", turns=turns)
 
 

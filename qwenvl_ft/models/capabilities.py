@@ -36,13 +36,20 @@ def check_capabilities(family: ModelFamily, cfg: RecipeConfig) -> None:
 
 
 def _thinking(family: ModelFamily, cfg: RecipeConfig) -> None:
-    """`data.thinking` renders reasoning the family's official template writes; a family without a
-    thinking mode accepts only `drop` (train on the answers, the data's reasoning left out)."""
-    if family.thinking or cfg.data.thinking in (None, "drop"):
+    """`data.thinking` renders reasoning in the think blocks of the family's official template; a
+    family without a thinking mode takes `inline` (reasoning as plain text of the answer, as the data
+    wrote it) or `drop`, and a thinking family refuses `inline` (its template has its own blocks)."""
+    mode = cfg.data.thinking
+    if mode is None or mode == "drop" or (mode == "inline") != family.thinking:
         return
+    if family.thinking:
+        raise ConfigError(
+            f"data.thinking: inline is for generations without a thinking mode; {family.title} "
+            f"({family.name}) renders reasoning in its own think blocks: use template, drop_earlier, keep or drop"
+        )
     raise ConfigError(
-        f"data.thinking: {cfg.data.thinking}, but {family.title} ({family.name}) has no thinking mode; "
-        "remove it, or set data.thinking: drop to train on data with reasoning without it"
+        f"data.thinking: {mode}, but {family.title} ({family.name}) has no thinking mode; use inline "
+        "(reasoning trained as plain text, as the data wrote it: the default) or drop"
     )
 
 

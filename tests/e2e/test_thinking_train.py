@@ -1,6 +1,7 @@
 """Training on data with reasoning: a thinking family trains on it in every `data.thinking` mode
 (the data check's token count is what the encoder produces); a family without a thinking mode
-stops at the data check, naming the sample, unless the recipe drops the reasoning."""
+trains it as plain text of the answer, as the data wrote it (inline), or drops it, and refuses
+the thinking modes at start."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pytest
 from PIL import Image
 
 from qwenvl_ft.config import ConfigError, load_recipe
-from qwenvl_ft.data.readers import DataError
 from qwenvl_ft.models import FAMILIES
 from qwenvl_ft.train import train
 
@@ -65,13 +65,10 @@ def test_thinking_family_trains_on_reasoning(tiny_model, tmp_path, name, mode):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 
 
-def test_reasoning_data_stops_a_family_without_thinking_at_the_data_check(tiny_model, tmp_path):
+def test_a_family_without_thinking_trains_reasoning_inline_or_drops_it(tiny_model, tmp_path):
     data = reasoning_data(tmp_path)
-    cfg = recipe("qwen2_5_vl", tiny_model("qwen2_5_vl"), data, tmp_path / "run")
-    with pytest.raises(
-        DataError, match=rf"{data}:1 \(id r0\): turn 2 carries reasoning, .*data.thinking: drop"
-    ):
-        train(cfg)
+    inline = train(recipe("qwen2_5_vl", tiny_model("qwen2_5_vl"), data, tmp_path / "run"))
+    assert all(math.isfinite(h["loss"]) for h in inline.log_history if "loss" in h)
     with pytest.raises(
         ConfigError, match=r"data.thinking: keep, but Qwen2.5-VL \(qwen2_5_vl\) has no thinking"
     ):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import qwenvl_ft
-from qwenvl_ft.data.conversation import Conversation, Segment, Turn
+from qwenvl_ft.data.conversation import Conversation, Segment
 from qwenvl_ft.data.encode import IGNORE, encode
 from qwenvl_ft.data.readers import DataError, to_conversation
 from qwenvl_ft.infer import Predictor
@@ -108,10 +108,8 @@ def user_image(text: str) -> dict:
 
 def encode_record(proc: VLProcessor, record: dict, images=(), supervise="all_assistant"):
     conv = read(record)
-    conv.turns = [
-        Turn(t.role, [Segment("image", RED) if s.kind == "image" else s for s in t.segments], t.reasoning)
-        for t in conv.turns
-    ]
+    for t in conv.turns:
+        t.segments = [Segment("image", RED) if s.kind == "image" else s for s in t.segments]
     return encode(conv, proc, list(images), supervise)
 
 
@@ -253,19 +251,36 @@ def test_generation_prompt_equals_the_template(family, thinking):
 
 
 @pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if not f.thinking and f.supported])
-def test_families_without_thinking_refuse_reasoning_unless_dropped(name):
+def test_families_without_thinking_train_reasoning_as_the_data_wrote_it(name):
+    """inline (their default): the ids and labels of the answer text as written, as before reasoning
+    was read apart (an R1-style answer); reasoning_content gets a think block; drop leaves it out."""
     family = get_family(name)
     proc = VLProcessor.for_family(family, build_tokenizer(family.special_tokens, family.chat_template))
-    record = {
-        "messages": [
-            {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "<think>x</think>Yo"},
-        ]
-    }
-    with pytest.raises(DataError, match=rf"turn 2 carries reasoning, but .*\({name}\).*data.thinking: drop"):
-        encode_record(proc, record)
+    user = {"role": "user", "content": "Hi"}
+    written = "<think>x\n</think>\n<answer>Yo</answer>"
+    record = {"messages": [user, {"role": "assistant", "content": written}]}
+
+    def plain(text: str):  # the answer as text a reader does not split: no tags in it
+        enc = encode_record(proc, {"messages": [user, {"role": "assistant", "content": "@"}]})
+        at = proc.tokenizer.convert_tokens_to_ids("@")
+        i = enc.input_ids.index(at)
+        ids = proc.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return enc.input_ids[:i] + ids + enc.input_ids[i + 1 :], enc.labels[:i] + ids + enc.labels[i + 1 :]
+
+    for mode in (None, "inline"):
+        enc = encode_record(replace(proc, thinking=mode), record)
+        assert (enc.input_ids, enc.labels) == plain(written)
+    field = {"role": "assistant", "reasoning_content": " x ", "content": "Yo"}
+    enc = encode_record(proc, {"messages": [user, field]})
+    assert (enc.input_ids, enc.labels) == plain("<think>\nx\n</think>\n\nYo")
     with pytest.raises(DataError, match=r"data.thinking: keep, but .* has no thinking mode"):
         encode_record(replace(proc, thinking="keep"), record)
     dropped = encode_record(replace(proc, thinking="drop"), record)
-    plain = encode_record(proc, {"messages": [record["messages"][0], {"role": "assistant", "content": "Yo"}]})
-    assert dropped.input_ids == plain.input_ids and dropped.labels == plain.labels
+    assert (dropped.input_ids, dropped.labels) == plain("<answer>Yo</answer>")
+
+
+def test_thinking_families_refuse_inline(family):
+    proc = processor_for(family, "inline")
+    record = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+    with pytest.raises(DataError, match=r"data.thinking: inline is for generations without a thinking mode"):
+        encode_record(proc, record)

@@ -218,11 +218,10 @@ def test_the_data_check_lists_each_bad_sample_by_file_line_and_id(tmp_path, bpe_
         [DatasetSpec(path=str(path))], bpe_processor, max_length=512, cache_dir=None, progress=False
     )
     found = {p.where: p.message for p in report.errors}
-    assert set(found) == {f"{path}:2 (id open)", f"{path}:3 (id user)", f"{path}:4 (id kept)"}
+    # Qwen2-VL has no thinking mode: well-formed reasoning is trained as written (inline), no error.
+    assert set(found) == {f"{path}:2 (id open)", f"{path}:3 (id user)"}
     assert "<think> is never closed" in found[f"{path}:2 (id open)"]
     assert "reasoning in a user turn" in found[f"{path}:3 (id user)"]
-    # Qwen2-VL has no thinking mode: well-formed reasoning is refused unless the recipe drops it.
-    assert "data.thinking: drop" in found[f"{path}:4 (id kept)"]
 
 
 def recipe(*overrides: str):
@@ -234,6 +233,7 @@ def test_recipes_with_thinking_refused_on_families_without_it(name):
     family = get_family(name)
     check_capabilities(family, recipe())
     check_capabilities(family, recipe("data.thinking=drop"))
+    check_capabilities(family, recipe("data.thinking=inline"))
     for mode in ("template", "keep", "drop_earlier"):
         with pytest.raises(
             ConfigError, match=rf"data.thinking: {mode}, but .*\({name}\) has no thinking mode"
@@ -245,6 +245,10 @@ def test_recipes_with_thinking_refused_on_families_without_it(name):
 def test_thinking_families_accept_every_mode(name):
     for mode in ("template", "keep", "drop_earlier", "drop"):
         check_capabilities(get_family(name), recipe(f"data.thinking={mode}"))
+    with pytest.raises(
+        ConfigError, match=r"data.thinking: inline is for generations without a thinking mode"
+    ):
+        check_capabilities(get_family(name), recipe("data.thinking=inline"))
 
 
 def test_unknown_thinking_mode_is_refused_by_the_loader():
