@@ -253,7 +253,10 @@ QWEN3_5 = replace(
     # cards' 0.9B and 27.8B add it (20.5 M and 424.7 M; 9B: 243 M).
     published_totals={"qwen3_5-0.8b": 0.853e9, "qwen3_5-9b": 9.41e9, "qwen3_5-27b": 27.36e9},
     slow_e2e=frozenset(),
-    learning=None,  # the learning test's Qwen3.5 setup is not worked out yet
+    # Not yet: the quickstart recipe (400 LoRA steps, eval with --thinking off) left a tiny Qwen3.5 at
+    # held-out acc@0.5 0.000 (3:1 layers, loss 0.41) and 0.156 (alternating layers, loss 0.20),
+    # against 1.000 for Qwen3-VL; and the test's eval does not yet pass --thinking off.
+    learning=None,
 )
 
 FACTS: dict[str, FamilyFacts] = {
