@@ -85,7 +85,8 @@ def test_merged_checkpoint_matches_the_adapter_and_loads_with_transformers_alone
     model_dir = tiny_model(family)
     run_dir = lora_run(model_dir, tmp_path / "run", family, variant)
     result = merge(run_dir, tmp_path / "merged", dtype="fp32", progress=False)
-    assert result.kind == "lora" and result.max_logit_diff <= result.tolerance < 1e-4
+    # fp32: the tolerance is 256 roundoffs of the logit scale (~1e-4 for these tiny models' logits)
+    assert result.kind == "lora" and result.max_logit_diff <= result.tolerance < 1e-3
 
     # Independent of merge(): the adapter on a full-precision base, through plain PEFT.
     adapter = PeftModel.from_pretrained(
@@ -127,6 +128,34 @@ def test_merged_checkpoint_matches_the_adapter_and_loads_with_transformers_alone
         "chat_template.jinja",
     ):
         assert (tmp_path / "merged" / name).is_file(), name
+    assert_kept_tensors_survive(fam, model_dir, tmp_path / "merged")
+
+
+def raw_tensors(folder: Path, prefixes: tuple[str, ...]) -> dict[str, tuple[str, bytes]]:
+    """name -> (dtype, bytes) of every tensor named `prefixes*` in a checkpoint folder's safetensors."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                if k.startswith(prefixes):
+                    t = st.get_tensor(k)
+                    out[k] = (str(t.dtype), t.contiguous().view(torch.uint8).numpy().tobytes())
+    return out
+
+
+def assert_kept_tensors_survive(fam, base: Path, merged: Path) -> None:
+    """What transformers drops on load (Qwen3.5's mtp.* heads) is in the merged output byte for byte,
+    listed in its index; families that keep nothing get nothing extra."""
+    if not fam.kept_tensors:
+        assert not (merged / "model-kept.safetensors").exists()
+        return
+    want = raw_tensors(base, fam.kept_tensors)
+    assert want, f"the tiny {fam.name} checkpoint has no {fam.kept_tensors} tensors to keep"
+    assert raw_tensors(merged, fam.kept_tensors) == want
+    index = json.loads((merged / "model.safetensors.index.json").read_text())["weight_map"]
+    assert {k for k, f in index.items() if f == "model-kept.safetensors"} == set(want)
 
 
 @pytest.fixture(scope="module")
