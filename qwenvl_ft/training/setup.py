@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ..config import ConfigError, RecipeConfig
 from ..models.base import ModelFamily
@@ -112,6 +113,11 @@ def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
         model = family.load_model(cfg.model.path, dtype=dtype, **kwargs)
     if gptq:
         check_gptq_kernels(model, cfg)
+    if is_deepspeed_zero3_enabled():
+        # Loading under zero.Init records extra key renames (transformers 5.24) that save_pretrained
+        # then reverses on top of the real ones: the saved weights were named 'model.model.embed_tokens'.
+        # Without recorded conversions the weights are saved under the model's own names.
+        model._weight_conversions = None
     if cfg.data.packing:  # positions keep attention apart; state beyond attention is the family's
         family.isolate_packed_samples(model)
     if cfg.train.liger and not family.apply_liger(model):

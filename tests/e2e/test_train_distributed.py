@@ -95,6 +95,19 @@ def test_full_fine_tuning_under_zero3_writes_consolidated_weights(zero3_full_run
     assert t.keys() == b.keys() and all(t[k].shape == b[k].shape for k in t)
     assert not torch.equal(t["lm_head.weight"], b["lm_head.weight"])  # trained, and not empty shards
     assert torch.equal(t["model.visual.patch_embed.proj.weight"], b["model.visual.patch_embed.proj.weight"])
+    # Saved under the names a plain save_pretrained writes (the tiny base's), which every loader
+    # reads; ZeRO-3 loading once made them 'model.model.embed_tokens' (transformers round-tripped it).
+    assert safetensors_keys(out) == safetensors_keys(model_dir)
+
+
+def safetensors_keys(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    keys = set()
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            keys |= set(st.keys())
+    return keys
 
 
 def test_zero3_checkpoint_without_consolidated_weights_converts(zero3_full_run, tmp_path):
