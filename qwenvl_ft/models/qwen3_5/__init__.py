@@ -205,12 +205,13 @@ class Qwen3_5Family(Qwen3VLFamily):
                 bos_token_id=ids("<|endoftext|>"),
                 eos_token_id=ids("<|endoftext|>"),  # as the published text_config
                 pad_token_id=None,
-                # Tied as the published 0.8B: one 248,320-row matrix (16 M parameters), not two.
-                tie_word_embeddings=True,
+                # Untied as the published 9B, 27B and the MoE sizes (the 0.8B ties): lm_head is its own
+                # part, trained and merged apart from the embeddings.
+                tie_word_embeddings=False,
                 **self.tiny_text_extra(tokenizer),
             ),
             vision_config=self.tiny_vision,
-            tie_word_embeddings=True,
+            tie_word_embeddings=False,
             image_token_id=ids("<|image_pad|>"),
             video_token_id=ids("<|video_pad|>"),
             vision_start_token_id=ids("<|vision_start|>"),
