@@ -101,24 +101,31 @@ def test_trains_on_mixed_video_image_text_batches(tiny_model, tmp_path, family, 
 
 
 @pytest.mark.parametrize(
-    "stage",
+    "stage, family, extra",
     [
-        "zero2",
+        ("zero2", "qwen2_5_vl", ()),
         # Ranks get different batches (video+image on one, image or text on the other): ZeRO-3
         # hangs unless both call the vision tower as often and in the same place.
-        "zero3",
-        "fsdp",
+        ("zero3", "qwen2_5_vl", ()),
+        ("fsdp", "qwen2_5_vl", ()),
+        # Linear attention under ZeRO-3 reads conv1d's weight outside conv1d's forward, and packed
+        # rows take the boundary-aware path: both must work on the gathered weights.
+        ("zero3", "qwen3_5", ("data.packing=true", "data.pack_length=1024")),
+        ("fsdp", "qwen3_5", ()),
     ],
+    ids=["zero2", "zero3", "fsdp", "zero3-packed-qwen3_5", "fsdp-qwen3_5"],
 )
-def test_mixed_video_batches_under_deepspeed_and_fsdp(launch_train, tiny_model, tmp_path, stage):
+def test_mixed_video_batches_under_deepspeed_and_fsdp(
+    launch_train, tiny_model, tmp_path, stage, family, extra
+):
     if stage != "fsdp":
         pytest.importorskip("deepspeed", reason="DeepSpeed is optional: pip install 'qwenvl-ft[deepspeed]'")
     data = mixed_data(tmp_path / "data")
     out = tmp_path / "out"
     launch_train(
         2,
-        str(REPO / "recipes/tiny/qwen2_5_vl_lora.yaml"),
-        f"model.path={tiny_model('qwen2_5_vl')}",
+        str(REPO / f"recipes/tiny/{family}_lora.yaml"),
+        f"model.path={tiny_model(family)}",
         f"output.dir={out}",
         f"data.train=[{{path: {data}}}]",
         "data.num_workers=0",
@@ -127,6 +134,7 @@ def test_mixed_video_batches_under_deepspeed_and_fsdp(launch_train, tiny_model, 
         "train.save_steps=1000",
         "train.fsdp=true" if stage == "fsdp" else f"train.deepspeed=configs/deepspeed/{stage}.json",
         *VIDEO,
+        *extra,
     )
     got = losses(out)
     assert len(got) == 3 and all(torch.isfinite(torch.tensor(got)))
