@@ -250,8 +250,14 @@ QWEN3_5 = replace(
     # block before it is prompt, as the official template writes it for every answer without reasoning.
     two_turn_supervised=("A", " red", " square", ".", "<|im_end|>", "Y", "es", "<|im_end|>"),
     # Meta-device totals without the mtp.* head transformers drops, by hand in test_qwen3_5.py; the
-    # cards' 0.9B and 27.8B add it (20.5 M and 424.7 M; 9B: 243 M).
-    published_totals={"qwen3_5-0.8b": 0.853e9, "qwen3_5-9b": 9.41e9, "qwen3_5-27b": 27.36e9},
+    # cards' 0.9B and 27.8B add it (20.5 M and 424.7 M; 9B: 243 M; 2B: 60.8 M; 4B: 120.6 M).
+    published_totals={
+        "qwen3_5-0.8b": 0.853e9,
+        "qwen3_5-2b": 2.213e9,
+        "qwen3_5-4b": 4.539e9,
+        "qwen3_5-9b": 9.41e9,
+        "qwen3_5-27b": 27.36e9,
+    },
     slow_e2e=frozenset(),
     # Not yet: the quickstart recipe (400 LoRA steps, eval with --thinking off) left a tiny Qwen3.5 at
     # held-out acc@0.5 0.000 (3:1 layers, loss 0.41) and 0.156 (alternating layers, loss 0.20),
@@ -349,8 +355,13 @@ FACTS: dict[str, FamilyFacts] = {
     # Qwen3.5 with sparse-expert MLPs: the same tokenizer, template, vision tower and boxes.
     "qwen3_5_moe": replace(
         QWEN3_5,
-        # Without the mtp.* head, as the names count (35B, 397B); the 35B card's 36B adds it (844.6 M).
-        published_totals={"qwen3_5_moe-35b-a3b": 35.11e9, "qwen3_5_moe-397b-a17b": 396.8e9},
+        # Without the mtp.* head, as the names count (35B, 122B, 397B); the 35B card's 36B adds it
+        # (844.6 M; 122B: 2.52 B).
+        published_totals={
+            "qwen3_5_moe-35b-a3b": 35.11e9,
+            "qwen3_5_moe-122b-a10b": 122.56e9,
+            "qwen3_5_moe-397b-a17b": 396.8e9,
+        },
         learning=None,
     ),
 }

@@ -130,6 +130,8 @@ class Qwen3_5Family(Qwen3VLFamily):
     kept_tensors = ("mtp.",)
     published_sizes = {
         "Qwen3.5-0.8B": "qwen3_5-0.8b",
+        "Qwen3.5-2B": "qwen3_5-2b",
+        "Qwen3.5-4B": "qwen3_5-4b",
         "Qwen3.5-9B": "qwen3_5-9b",
         "Qwen3.5-27B": "qwen3_5-27b",
         "Qwen3.6-27B": "qwen3_5-27b",
@@ -294,6 +296,7 @@ class Qwen3_5MoeFamily(Qwen3_5Family):
     published_sizes = {
         "Qwen3.5-35B-A3B": "qwen3_5_moe-35b-a3b",
         "Qwen3.6-35B-A3B": "qwen3_5_moe-35b-a3b",
+        "Qwen3.5-122B-A10B": "qwen3_5_moe-122b-a10b",
         "Qwen3.5-397B-A17B": "qwen3_5_moe-397b-a17b",
     }
 

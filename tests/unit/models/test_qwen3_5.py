@@ -308,6 +308,14 @@ def test_published_language_counts_by_hand():
     f08 = load_facts("x", None, "qwen3_5-0.8b")
     assert f08.by_part["language"] == _hand_language(1024, 24, 8, 2, 256, 16, 16, 128, 128, 3 * 1024 * 3584)
     assert "lm_head" not in f08.by_part
+    # Qwen3.5-2B: 24 layers, hidden 2048, MLP 6144, 8 / 2 heads, linear 16 / 16 heads; tied head.
+    f2 = load_facts("x", None, "qwen3_5-2b")
+    assert f2.by_part["language"] == _hand_language(2048, 24, 8, 2, 256, 16, 16, 128, 128, 3 * 2048 * 6144)
+    assert "lm_head" not in f2.by_part
+    # Qwen3.5-4B: 32 layers, hidden 2560, MLP 9216, 16 / 4 heads, linear 16 / 32 heads; tied head.
+    f4 = load_facts("x", None, "qwen3_5-4b")
+    assert f4.by_part["language"] == _hand_language(2560, 32, 16, 4, 256, 16, 32, 128, 128, 3 * 2560 * 9216)
+    assert "lm_head" not in f4.by_part
     # Qwen3.5-9B: 32 layers, hidden 4096, MLP 12288, 16 / 4 heads, linear 16 / 32 heads.
     f9 = load_facts("x", None, "qwen3_5-9b")
     assert f9.by_part["language"] == _hand_language(4096, 32, 16, 4, 256, 16, 32, 128, 128, 3 * 4096 * 12288)
@@ -315,6 +323,11 @@ def test_published_language_counts_by_hand():
     moe = 256 * 3 * 2048 * 512 + 3 * 2048 * 512 + 2048 + 256 * 2048
     f35 = load_facts("x", None, "qwen3_5_moe-35b-a3b")
     assert f35.by_part["language"] == _hand_language(2048, 40, 16, 2, 256, 16, 32, 128, 128, moe)
+    # 122B-A10B: 48 layers, hidden 3072, 256 experts of 1024 (top 8), a 1024 shared expert, 32 / 2
+    # heads, linear 16 / 64.
+    moe_122 = 256 * 3 * 3072 * 1024 + 3 * 3072 * 1024 + 3072 + 256 * 3072
+    f122 = load_facts("x", None, "qwen3_5_moe-122b-a10b")
+    assert f122.by_part["language"] == _hand_language(3072, 48, 32, 2, 256, 16, 64, 128, 128, moe_122)
     # 397B-A17B: 60 layers, hidden 4096, 512 experts of 1024 (top 10), 32 / 2 heads, linear 16 / 64;
     # the meta-device total, 396.8 B, is the name's 397B.
     moe = 512 * 3 * 4096 * 1024 + 3 * 4096 * 1024 + 4096 + 512 * 4096
@@ -325,6 +338,20 @@ def test_published_language_counts_by_hand():
     assert sum(f08.by_part.values()) == 852_985_920
     assert sum(f27.by_part.values()) == 27_356_728_560
     assert sum(f35.by_part.values()) == 35_107_181_936
+    assert sum(f2.by_part.values()) == 2_213_241_664
+    assert sum(f4.by_part.values()) == 4_539_265_536
+    assert sum(f122.by_part.values()) == 122_562_817_776
+
+    # Adding the mtp.* head by hand (fc 2h -> h, three norms, one full-attention layer with its MLP or
+    # MoE) gives the parameter totals read from the released checkpoints' safetensors headers.
+    def mtp(h, heads, kv, mlp, hd=256):
+        attention = h * 2 * heads * hd + 2 * h * kv * hd + heads * hd * h + 2 * hd
+        return 2 * h * h + 3 * h + attention + mlp + 2 * h
+
+    assert sum(f08.by_part.values()) + mtp(1024, 8, 2, 3 * 1024 * 3584) == 873_438_784
+    assert sum(f2.by_part.values()) + mtp(2048, 8, 2, 3 * 2048 * 6144) == 2_274_069_824
+    assert sum(f4.by_part.values()) + mtp(2560, 16, 4, 3 * 2560 * 9216) == 4_659_865_088
+    assert sum(f122.by_part.values()) + mtp(3072, 32, 2, moe_122) == 125_086_497_008
 
 
 def test_plan_describes_the_hybrid_decoder_and_says_when_kernels_are_missing():
