@@ -6,8 +6,9 @@ Each sample's last assistant turn is the reference and everything before it the 
 as training renders it. A line per sample: its id, the prediction, the reference text, the
 reference boxes in pixels of the original image, and the image sizes (for parsing predicted
 boxes back to pixels). On thinking generations the prediction is the answer alone and its
-reasoning a separate field, `reasoning` (null when the model gave none). Lines are appended as batches finish; a rerun skips the ids already
-written, so an interrupted run continues where it stopped.
+reasoning a separate field, `reasoning` (null when the model gave none). Lines are appended as
+batches finish; a rerun skips the ids already written, so an interrupted run continues where it
+stopped.
 """
 
 from __future__ import annotations

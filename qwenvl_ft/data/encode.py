@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..models.capabilities import thinking_mode_problem
 from .conversation import Box, Conversation, Turn
 from .readers import DataError
 
@@ -143,15 +144,11 @@ def shown_reasoning(conv: Conversation, processor: VLProcessor) -> list[str | No
     """
     family, mode, turns = processor.family, processor.thinking, conv.turns
     reasoning = [(t.reasoning or "").strip() for t in turns]
+    problem = thinking_mode_problem(family, mode)
+    if problem:
+        raise DataError(problem)
     if not family.thinking:  # no think blocks; `inline` reasoning is text of the answer (render)
-        if mode not in (None, "inline", "drop"):
-            raise DataError(f"data.thinking: {mode}, but {family.title} ({family.name}) has no thinking mode")
         return [None] * len(turns)
-    if mode == "inline":
-        raise DataError(
-            f"data.thinking: inline is for generations without a thinking mode; {family.title} "
-            "renders reasoning in its own think blocks (template, drop_earlier, keep or drop)"
-        )
     history = family.chat.think.history if mode in (None, "template", "drop") else mode
     # The template's last query is the last user turn: the assistant turns after it show reasoning.
     last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=-1)

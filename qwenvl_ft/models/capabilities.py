@@ -36,18 +36,26 @@ def check_capabilities(family: ModelFamily, cfg: RecipeConfig) -> None:
 
 
 def _thinking(family: ModelFamily, cfg: RecipeConfig) -> None:
-    """`data.thinking` renders reasoning in the think blocks of the family's official template; a
-    family without a thinking mode takes `inline` (reasoning as plain text of the answer, as the data
+    problem = thinking_mode_problem(family, cfg.data.thinking)
+    if problem:
+        raise ConfigError(problem)
+
+
+def thinking_mode_problem(family: ModelFamily, mode: str | None) -> str | None:
+    """Why `data.thinking: mode` cannot render on `family`, or None when it can (the recipe check
+    here and the encoder, which the data check runs without a recipe, both ask this).
+
+    The modes render reasoning in the think blocks of the family's official template; a family
+    without a thinking mode takes `inline` (reasoning as plain text of the answer, as the data
     wrote it) or `drop`, and a thinking family refuses `inline` (its template has its own blocks)."""
-    mode = cfg.data.thinking
     if mode is None or mode == "drop" or (mode == "inline") != family.thinking:
-        return
+        return None
     if family.thinking:
-        raise ConfigError(
+        return (
             f"data.thinking: inline is for generations without a thinking mode; {family.title} "
             f"({family.name}) renders reasoning in its own think blocks: use template, drop_earlier, keep or drop"
         )
-    raise ConfigError(
+    return (
         f"data.thinking: {mode}, but {family.title} ({family.name}) has no thinking mode; use inline "
         "(reasoning trained as plain text, as the data wrote it: the default) or drop"
     )

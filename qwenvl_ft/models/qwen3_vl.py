@@ -75,6 +75,21 @@ VISION_3 = VisionBudget(
 VIDEO_3 = VideoBudget.qwen_vl_utils(32, timestamps="text")
 
 
+def vision_shapes_3(v) -> BlockShapes:
+    """The Qwen3-VL vision tower (and Qwen3.5's): LayerNorm, fc1 -> GELU(tanh) -> fc2, fused qkv."""
+    return BlockShapes(
+        depth=v.depth,
+        width=v.hidden_size,
+        intermediate=v.intermediate_size,
+        heads=v.num_heads,
+        kv_heads=v.num_heads,
+        head_dim=v.hidden_size // v.num_heads,
+        gated_mlp=False,
+        rms_norm=False,
+        fused_qkv=True,
+    )
+
+
 class Qwen3VLFamily(Qwen2VLFamily):
     name = "qwen3_vl"
     title = "Qwen3-VL"
@@ -123,21 +138,11 @@ class Qwen3VLFamily(Qwen2VLFamily):
         return Qwen3VLForConditionalGeneration
 
     def shapes(self, config) -> Shapes:
-        v = config.vision_config  # LayerNorm, fc1 -> GELU(tanh) -> fc2, fused qkv; q/k-norm in the decoder
+        v = config.vision_config  # q/k-norm in the decoder
         return Shapes(
             text=text_shapes(config.text_config, qk_norm=True),
             vocab=config.text_config.vocab_size,
-            vision=BlockShapes(
-                depth=v.depth,
-                width=v.hidden_size,
-                intermediate=v.intermediate_size,
-                heads=v.num_heads,
-                kv_heads=v.num_heads,
-                head_dim=v.hidden_size // v.num_heads,
-                gated_mlp=False,
-                rms_norm=False,
-                fused_qkv=True,
-            ),
+            vision=vision_shapes_3(v),
             merger_width=v.hidden_size,
             mergers=1 + len(v.deepstack_visual_indexes),
         )
@@ -156,7 +161,8 @@ class Qwen3VLFamily(Qwen2VLFamily):
         merger, width = v.merger, v.pos_embed.weight.shape[1]
         merger.norm.reset_parameters()  # a plain LayerNorm over each patch
         gated_projector(merger.linear_fc1, merger.linear_fc2, width, v.spatial_merge_size**2)
-        for extra in v.deepstack_merger_list:  # no second path into the language model
+        # No second path into the language model (generations without DeepStack have no list).
+        for extra in getattr(v, "deepstack_merger_list", ()):
             zero_out(extra.linear_fc2)
 
     def video_spans(self, grid, timestamps):

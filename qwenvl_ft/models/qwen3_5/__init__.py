@@ -21,7 +21,8 @@ Facts, and where they were checked (transformers 5.24's `models/qwen3_5*`, the p
   (Qwen3_5TextModel reads row 0 as the text position when position_ids has 4 rows); only a
   quarter of each 256-wide head is rotated (partial_rotary_factor 0.25, mrope_section 11/11/10);
 - RMSNorm weights are zero-centred (the norm multiplies by 1 + w, initialised to 0): a tiny model
-  built by transformers' own init starts with unit norms; zeroing a norm weight is not "off";
+  built by transformers' own init starts with unit norms; zeroing a norm weight is not "off". The
+  vision tower's norms are plain LayerNorms, so Qwen3-VL's stand-in tower applies as it is;
 - boxes: Qwen3.5 grounds like Qwen3-VL, plain `[x1, y1, x2, y2]` integers in [0, 1000);
 - real checkpoints carry `mtp.*` multi-token-prediction weights (one extra decoder layer, `fc` over
   [embedding; hidden], three norms) that `_keys_to_ignore_on_load_unexpected` drops on load:
@@ -261,18 +262,6 @@ class Qwen3_5Family(Qwen3VLFamily):
             prefix + "up_proj.weight": rand(i, h),
             prefix + "down_proj.weight": rand(h, i),
         }
-
-    def standin_vision(self, model) -> None:
-        from ..standin import colour_filter, gated_projector, place_code, zero_out
-
-        v = model.get_submodule(self.paths.vision)
-        colour_filter(v.patch_embed.proj, self.vision.image_mean, self.vision.image_std)
-        place_code(v.pos_embed.weight)
-        for block in v.blocks:
-            zero_out(block.attn.proj, block.mlp.linear_fc2)
-        merger, width = v.merger, v.pos_embed.weight.shape[1]
-        merger.norm.reset_parameters()  # a plain LayerNorm (the vision tower's norms are not zero-centred)
-        gated_projector(merger.linear_fc1, merger.linear_fc2, width, v.spatial_merge_size**2)
 
 
 class Qwen3_5MoeFamily(Qwen3_5Family):

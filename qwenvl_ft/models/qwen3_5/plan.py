@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ..base import BlockShapes, LinearAttentionShapes, Shapes
+from ..base import LinearAttentionShapes, Shapes
 from ..qwen2_vl import text_shapes
+from ..qwen3_vl import vision_shapes_3
 
 
 def qwen3_5_shapes(config) -> Shapes:
@@ -36,18 +37,7 @@ def qwen3_5_shapes(config) -> Shapes:
     return Shapes(
         text=text,
         vocab=t.vocab_size,
-        # As Qwen3-VL's tower: LayerNorm, fc1 -> GELU(tanh) -> fc2, fused qkv; no DeepStack mergers.
-        vision=BlockShapes(
-            depth=v.depth,
-            width=v.hidden_size,
-            intermediate=v.intermediate_size,
-            heads=v.num_heads,
-            kv_heads=v.num_heads,
-            head_dim=v.hidden_size // v.num_heads,
-            gated_mlp=False,
-            rms_norm=False,
-            fused_qkv=True,
-        ),
+        vision=vision_shapes_3(v),  # Qwen3-VL's tower; no DeepStack mergers
         merger_width=v.hidden_size,
         mergers=1,
         linear=linear,

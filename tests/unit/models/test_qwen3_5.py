@@ -181,21 +181,6 @@ def test_tiny_checkpoint_carries_mtp_tensors_that_transformers_drops(tiny, name)
     assert get_family(name).kept_tensors == ("mtp.",)
 
 
-def test_tiny_forward_backward_is_fast(tiny):
-    f = get_family("qwen3_5")
-    model = f.load_model(str(tiny("qwen3_5")), dtype=torch.float32)
-    ids = torch.randint(0, 1000, (1, 64))
-    model.train()
-    model(input_ids=ids, labels=ids).loss.backward()  # warm-up
-    start = time.perf_counter()
-    for _ in range(3):
-        model(input_ids=ids, labels=ids).loss.backward()
-    per_step = (time.perf_counter() - start) / 3
-    print(f"\ntiny Qwen3.5 forward+backward, 64 tokens: {per_step:.3f} s")
-    # ~0.15 s on one idle core: the 248,320-row head and its log-softmax dominate, not DeltaNet.
-    assert per_step < 1.0
-
-
 # -- training ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5_moe"])
 def test_lora_targets_every_language_linear_and_no_vision(tiny, name):

@@ -136,13 +136,8 @@ def single(model, enc) -> torch.Tensor:
 
 
 def test_packed_row_gives_each_sample_its_own_logits(setup):
-    model, reference, processor, encs, packed = (
-        setup.model,
-        setup.reference,
-        setup.processor,
-        setup.encs,
-        setup.packed,
-    )
+    model, reference, processor = setup.model, setup.reference, setup.processor
+    encs, packed = setup.encs, setup.packed
     batch = PackingCollator(pad_token_id=processor.tokenizer.pad_token_id)([packed])
     assert "attention_mask" not in batch
     n = [len(e.input_ids) for e in encs]
@@ -187,13 +182,8 @@ def test_ignoring_linear_attention_boundaries_would_be_caught(setup):
 
 
 def test_packed_loss_and_gradients_equal_the_padded_batch(setup):
-    model, reference, processor, encs, packed = (
-        setup.model,
-        setup.reference,
-        setup.processor,
-        setup.encs,
-        setup.packed,
-    )
+    model, reference, processor = setup.model, setup.reference, setup.processor
+    encs, packed = setup.encs, setup.packed
     pad = processor.tokenizer.pad_token_id
     padded = {**PaddingCollator(pad_token_id=pad)(encs), "use_cache": False}
     rows = PackingCollator(pad_token_id=pad)([packed[:2], packed[2:]])  # two rows: padding between rows
