@@ -27,10 +27,17 @@ bf16, gradient checkpointing, AdamW) except the batch size, the same seed before
   same steps and the same real tokens per step on average), `loss="chunked"`, LoRA by
   `qwenvl_ft.training.setup.adapt` and trainable weights upcast to fp32 as `train()` does.
 - ours_liger: ours with Liger's kernels and fused linear cross-entropy, when liger_kernel imports.
+- ours_padded: ours on `PaddingCollator` batches of `--batch` samples in random order (packing's
+  effect alone: ours / ours_padded, same trainer and loss).
+- ours_flash: ours with `flash_attention_2` (packed rows by `cu_seqlens`, no masked blocks), when
+  flash_attn imports; `ours` then uses `--attn`. (transformers 5.24 has no flex_attention path for
+  these models: `_flex_attn_can_dispatch` refuses Qwen2.5-VL.)
 
 Measured per side, over the steps after `--warmup`: real (non-pad) tokens / s (step time from
 on_step_begin to on_step_end, the GPU synchronised at both), peak `torch.cuda.max_memory_allocated`
-(reset before each side), padding efficiency, and MFU = model FLOPs / (step time x peak bf16 FLOPs).
+(reset before each side; `max_memory_reserved` beside it), padding efficiency, the planner's
+estimate for the recipe the side ran (`planner`: `qwenvl-ft plan`'s terms, see `common.planned_peak`),
+and MFU = model FLOPs / (step time x peak bf16 FLOPs).
 Model FLOPs of a sample of s tokens, k of them targets, with p vision patches (see `model_flops`):
 
     a*N_dec*s + 6*N_lora*s + 6*L*d_attn*s^2 + a*N_head*k + 2*N_vis*p + m*N_merger*p/4
@@ -57,12 +64,13 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
 import torch
 from bench_pack import BatchLog, pick_pack_length, varied_data
-from common import ListDataset, StepTimer, quiet
+from common import ListDataset, StepTimer, planned_peak, quiet
 from transformers.utils import logging as hf_logging
 
 from qwenvl_ft import __version__
@@ -204,11 +212,11 @@ def run_side(side: str, ctx: dict) -> dict:
     from qwenvl_ft.training.trainer import VLTrainer
 
     cfg, family, mode = ctx["cfg"](side), ctx["family"], ctx["mode"]
-    pad = ctx["pad"]
+    pad, packed_side = ctx["pad"], side not in ("baseline", "ours_padded")
     start_gb = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(family, ctx["path"], ctx["attn"], ctx["device"], cfg.train.seed)
+    model = build_model(family, ctx["path"], cfg.model.attn_implementation, ctx["device"], cfg.train.seed)
     timer = SyncedTimer()
     args = training_arguments(cfg, ctx["out"] / side)
     if side == "baseline":
@@ -232,12 +240,15 @@ def run_side(side: str, ctx: dict) -> dict:
             family.apply_liger(model)
         model = adapt(model, cfg, family, is_base=False)
         upcast_trainable(model)  # as train() does for a bf16 model without DeepSpeed
-        log = BatchLog(PackingCollator(pad))
-        packed = PackedDataset(ctx["data"], ctx["pack_length"], cfg.train.seed, family, ctx["config"])
+        if packed_side:
+            log = BatchLog(PackingCollator(pad))
+            data = PackedDataset(ctx["data"], ctx["pack_length"], cfg.train.seed, family, ctx["config"])
+        else:
+            log, data = BatchLog(PaddingCollator(pad)), ctx["data"]
         trainer = VLTrainer(
             model=model,
             args=args,
-            train_dataset=packed,
+            train_dataset=data,
             data_collator=log,
             family=family,
             vision_lr=cfg.train.vision_lr,
@@ -268,11 +279,17 @@ def run_side(side: str, ctx: dict) -> dict:
         "model_tflops_per_step": float(f"{flops / len(batches) / 1e12:.4g}"),
         "mfu": round(flops / sum(step_s) / peak, 4) if peak else None,
         "peak_mem_gb": round(peak_memory_gb(), 2),
+        "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2)
+        if torch.cuda.is_available()
+        else None,
         "mem_at_start_gb": round(start_gb, 2),  # left over from the side before: should be ~0
         "trainable_params": trainable,
         "first_loss": round(losses[0], 4),
         "final_loss": round(losses[-1], 4),
         "train_wall_s": round(wall, 1),
+        "planner": planned_peak(
+            RECIPE, ctx["plan_overrides"](side), peak_memory_gb() if ctx["device"] == "cuda" else None
+        ),
     }
     del trainer, model, log
     gc.collect()
@@ -318,7 +335,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--max-pixels", type=int, default=802816, help="896*896: at most 1024 visual tokens")
     parser.add_argument(
-        "--sides", default="baseline,ours,ours_liger", help="ours_liger is skipped without Liger"
+        "--sides",
+        default="baseline,ours,ours_liger",
+        help="of baseline, ours, ours_liger, ours_padded, ours_flash (the last two skipped without "
+        "Liger / flash-attn or a GPU)",
     )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats of all sides")
     parser.add_argument("--attn", choices=("auto", "sdpa", "flash_attention_2"), default="auto")
@@ -350,6 +370,12 @@ def main() -> None:
     if "ours_liger" in sides and (device != "cuda" or not importlib.util.find_spec("liger_kernel")):
         sides.remove("ours_liger")
         skipped["ours_liger"] = "liger_kernel not installed or no GPU"
+    if "ours_flash" in sides and (device != "cuda" or not importlib.util.find_spec("flash_attn")):
+        sides.remove("ours_flash")
+        skipped["ours_flash"] = "flash_attn not installed or no GPU"
+    unknown = set(sides) - {"baseline", "ours", "ours_liger", "ours_padded", "ours_flash"}
+    if unknown:
+        sys.exit(f"unknown side(s): {', '.join(sorted(unknown))}")
 
     from transformers import AutoConfig
 
@@ -362,32 +388,44 @@ def main() -> None:
         resolve_family(path, family.name)
         jsonl = varied_data(tmp / "data", args.samples, sides=sides_px, words=words)
 
+        def overrides(side: str, steps: int) -> list[str]:
+            batch = args.batch if side in ("baseline", "ours_padded") else 1
+            return [
+                f"model.path={path}",
+                "model.dtype=bf16",
+                f"model.attn_implementation={'flash_attention_2' if side == 'ours_flash' else attn}",
+                f"model.max_pixels={args.max_pixels}",
+                f"output.dir={tmp / 'out' / side}",
+                f"data.train=[{{path: {jsonl}}}]",
+                f"data.max_length={args.max_length}",
+                "data.num_workers=0",
+                f"train.mode={args.mode}",
+                "lora.r=64",
+                "lora.alpha=16",
+                "lora.dropout=0.05",
+                "train.learning_rate=1e-5",
+                f"train.per_device_batch_size={batch}",
+                "train.gradient_accumulation_steps=1",
+                f"train.max_steps={steps}",
+                f"train.save_steps={steps * 100}",
+                "train.logging_steps=1",
+                "train.gradient_checkpointing=true",
+            ]
+
         def recipe(side: str, steps: int):
-            batch = args.batch if side == "baseline" else 1
-            return load_recipe(
-                RECIPE,
-                [
-                    f"model.path={path}",
-                    "model.dtype=bf16",
-                    f"model.attn_implementation={attn}",
-                    f"model.max_pixels={args.max_pixels}",
-                    f"output.dir={tmp / 'out' / side}",
-                    f"data.train=[{{path: {jsonl}}}]",
-                    f"data.max_length={args.max_length}",
-                    "data.num_workers=0",
-                    f"train.mode={args.mode}",
-                    "lora.r=64",
-                    "lora.alpha=16",
-                    "lora.dropout=0.05",
-                    "train.learning_rate=1e-5",
-                    f"train.per_device_batch_size={batch}",
-                    "train.gradient_accumulation_steps=1",
-                    f"train.max_steps={steps}",
-                    f"train.save_steps={steps * 100}",
-                    "train.logging_steps=1",
-                    "train.gradient_checkpointing=true",
-                ],
-            )
+            return load_recipe(RECIPE, overrides(side, steps))
+
+        def plan_overrides(side: str) -> list[str]:
+            """The side's run as a recipe for the planner: packing, loss and Liger as the side had them."""
+            extra = {"baseline": ["train.loss=standard"], "ours_liger": ["train.liger=true"]}.get(side, [])
+            if side not in ("baseline", "ours_padded"):
+                longest = min(args.max_length, pack_length)
+                extra += [
+                    "data.packing=true",
+                    f"data.pack_length={pack_length}",
+                    f"data.max_length={longest}",
+                ]
+            return overrides(side, steps) + extra
 
         cfg = recipe("check", 1)
         processor = family.load_processor(str(path), cfg.model.min_pixels, cfg.model.max_pixels)
@@ -421,6 +459,7 @@ def main() -> None:
             "counts": counts,
             "peak_flops": flops_peak,
             "out": tmp / "out",
+            "plan_overrides": plan_overrides,
         }
         params = sum(counts[k] for k in ("embeddings", "vision", "merger", "decoder", "other"))
         params += 0 if counts["tied"] else counts["lm_head"]
@@ -433,6 +472,44 @@ def main() -> None:
             flush=True,
         )
         runs: dict[str, list[dict]] = {s: [] for s in sides}
+        failed: dict[str, str] = {}  # side -> the error that stopped it (the run then exits 1)
+
+        def write(complete: bool) -> dict:
+            """The result so far, written to --out after every side: a run stopped early keeps its sides."""
+            result = {
+                "command": "python " + " ".join(sys.argv),
+                "version": __version__,
+                "device": torch.cuda.get_device_name()
+                if device == "cuda"
+                else f"CPU ({platform.machine()}), smoke test",
+                "software": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
+                f"peft {__import__('peft').__version__}",
+                "model": f"{model_name}: {family.title}, random init, bf16, {attn}, gradient checkpointing, "
+                f"{args.mode}" + (" r 64 alpha 16" if args.mode == "lora" else ""),
+                "parameters": counts,
+                "data": f"{len(data)} synthetic samples, {min(lengths)}..{max(lengths)} tokens (mean "
+                f"{statistics.mean(lengths):.0f}), {sum(1 for s in data.items if s.pixel_values is None)} text-only, "
+                f"dropped {len(report.dropped)}, checked and encoded in {encode_s:.1f} s",
+                "baseline_batch": args.batch,
+                "pack_length": pack_length,
+                "steps_per_side": steps,
+                "warmup": args.warmup,
+                "peak_flops": peak_note,
+                "flops_formula": "a*N_dec*s + 6*N_lora*s + 6*L*d_attn*s^2 + a*N_head*k + 2*N_vis*p + m*N_merger*p/4 "
+                "per sample (a = 6 full / 4 LoRA, m = 4 full / 2 LoRA; s tokens, k targets, p patches)",
+                "sides": {s: summary(v) for s, v in runs.items() if v},
+                "skipped": skipped,
+                "failed": failed,
+                "ratios_over_baseline": ratios(runs, args.mode),
+                "ratios_over_ours_padded": ratios(runs, args.mode, base="ours_padded"),
+                "targets": TARGETS[args.mode],
+                "runs": runs if args.repeats > 1 else None,
+                "complete": complete,
+            }
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(result, indent=2) + "\n")
+            return result
+
         for r in range(args.repeats):
             for side in sides:
                 reason = fits(args.mode, counts, side)
@@ -446,38 +523,20 @@ def main() -> None:
                     gc.collect()
                     torch.cuda.empty_cache()
                     continue
+                except Exception as e:  # one GPU lease: a broken side must not cost the others
+                    traceback.print_exc()
+                    failed[side] = f"{type(e).__name__}: {e}"[:1000]
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
                 print(f"repeat {r} {side}: {runs[side][-1]}", file=sys.stderr, flush=True)
+                write(complete=False)
+        result = write(complete=True)
 
-    result = {
-        "command": "python " + " ".join(sys.argv),
-        "version": __version__,
-        "device": torch.cuda.get_device_name()
-        if device == "cuda"
-        else f"CPU ({platform.machine()}), smoke test",
-        "software": f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
-        f"peft {__import__('peft').__version__}",
-        "model": f"{model_name}: {family.title}, random init, bf16, {attn}, gradient checkpointing, "
-        f"{args.mode}" + (" r 64 alpha 16" if args.mode == "lora" else ""),
-        "parameters": counts,
-        "data": f"{len(data)} synthetic samples, {min(lengths)}..{max(lengths)} tokens (mean "
-        f"{statistics.mean(lengths):.0f}), {sum(1 for s in data.items if s.pixel_values is None)} text-only, "
-        f"dropped {len(report.dropped)}, checked and encoded in {encode_s:.1f} s",
-        "baseline_batch": args.batch,
-        "pack_length": pack_length,
-        "steps_per_side": steps,
-        "warmup": args.warmup,
-        "peak_flops": peak_note,
-        "flops_formula": "a*N_dec*s + 6*N_lora*s + 6*L*d_attn*s^2 + a*N_head*k + 2*N_vis*p + m*N_merger*p/4 "
-        "per sample (a = 6 full / 4 LoRA, m = 4 full / 2 LoRA; s tokens, k targets, p patches)",
-        "sides": {s: summary(v) for s, v in runs.items() if v},
-        "skipped": skipped,
-        "ratios_over_baseline": ratios(runs, args.mode),
-        "targets": TARGETS[args.mode],
-        "runs": runs if args.repeats > 1 else None,
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    if failed:
+        sys.exit(f"side(s) failed: {', '.join(failed)} (the tracebacks are above; the others were written)")
 
 
 def summary(rs: list[dict]) -> dict:
@@ -490,9 +549,9 @@ def summary(rs: list[dict]) -> dict:
     }
 
 
-def ratios(runs: dict[str, list[dict]], mode: str) -> dict:
-    """ours / baseline for tokens/s and peak memory, and whether the targets are met (MFU for full)."""
-    base = runs.get("baseline")
+def ratios(runs: dict[str, list[dict]], mode: str, base: str = "baseline") -> dict:
+    """side / `base` for tokens/s and peak memory; over the baseline, whether the targets are met."""
+    reference, base = base, runs.get(base)
     if not base:
         return {}
 
@@ -502,11 +561,13 @@ def ratios(runs: dict[str, list[dict]], mode: str) -> dict:
 
     out = {}
     for side, rs in runs.items():
-        if side == "baseline" or not rs:
+        if side == reference or not rs or (reference != "baseline" and side == "baseline"):
             continue
         speed = mean(rs, "tokens_per_s") / mean(base, "tokens_per_s")
         memory = max(r["peak_mem_gb"] for r in rs) / max(r["peak_mem_gb"] for r in base)
         out[side] = {"tokens_per_s": round(speed, 3), "peak_mem": round(memory, 3)}
+        if reference != "baseline":
+            continue
         if mode == "lora":
             out[side]["targets_met"] = (
                 speed >= TARGETS["lora"]["tokens_per_s"] and memory <= TARGETS["lora"]["peak_mem"]

@@ -23,22 +23,28 @@ an assistant answer), lengths checked by the data check before each run.
 Measured per run, over the optimizer steps after `--warmup`: seconds per step (8 x length tokens /
 the trainer's logged tokens per second, data loading included, as a progress bar's s/it), peak
 `torch.cuda.max_memory_allocated` and `max_memory_reserved` (the original does not say which it
-reports; nvidia-smi shows about the reserved figure plus the CUDA context).
+reports; nvidia-smi shows about the reserved figure plus the CUDA context), and the planner's
+estimate for the same recipe (`planner`, see `common.planned_peak`). The JSON is rewritten after
+every row, so a run stopped early keeps the rows it finished (`complete` says which). Q-LoRA needs
+gptqmodel; without it that method is listed under `skipped` with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import platform
 import statistics
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import torch
 from bench_gpu_train import build_model, checkpoint_dir
+from common import planned_peak
 
 from qwenvl_ft import __version__
 from qwenvl_ft.config.loader import load_recipe
@@ -67,19 +73,21 @@ PUBLISHED_A100 = {
 ACCUMULATION = 8
 
 
-def checkpoints(root: Path, tiny: bool, seed: int) -> dict[bool, Path]:
-    """{int4: directory}: the same random weights, 16-bit and GPTQ."""
+def checkpoints(root: Path, tiny: bool, seed: int, with_int4: bool) -> dict[bool, Path]:
+    """{int4: directory}: the same random weights, 16-bit and (`with_int4`) GPTQ."""
     fp, int4 = root / "qwen_vl", root / "qwen_vl-int4"
     if tiny:
         make_tiny(FAMILY, fp, seed=seed)
-        make_tiny(FAMILY, int4, seed=seed, int4=True)
+        if with_int4:
+            make_tiny(FAMILY, int4, seed=seed, int4=True)
         return {False: fp, True: int4}
     published = REPO / "qwenvl_ft/models/published/qwen_vl.json"
-    for d in (fp, int4):  # config.json, the real tokenizer, the image processor
+    for d in (fp, int4) if with_int4 else (fp,):  # config.json, the real tokenizer, the image processor
         checkpoint_dir(d, published)
     model = build_model(FAMILY, fp, "sdpa", "cuda", seed)
     model.save_pretrained(fp)
-    quantize_checkpoint(model, FAMILY, int4)
+    if with_int4:
+        quantize_checkpoint(model, FAMILY, int4)
     del model
     gc.collect()
     torch.cuda.empty_cache()
@@ -113,27 +121,31 @@ def write_data(path: Path, model_dir: Path, length: int, samples: int) -> None:
         raise RuntimeError(f"could not build {length}-token samples (got {sorted(set(got))})")
 
 
-def run(method: str, model_dir: Path, data: Path, length: int, out: Path, steps: int, tiny: bool) -> dict:
-    recipe, int4 = METHODS[method]
+def overrides(
+    method: str, model_dir: Path, data: Path, length: int, out: Path, steps: int, tiny: bool
+) -> list[str]:
+    """The recipe's overrides for one row: the original's single-GPU setup at `length` tokens."""
+    int4 = METHODS[method][1]
     dtype = ("bf16" if int4 else "fp32") if tiny else ("fp16" if int4 else "bf16")  # no fp16 on CPU
-    cfg = load_recipe(
-        REPO / recipe,
-        [
-            f"model.path={model_dir}",
-            f"model.dtype={dtype}",
-            f"data.train=[{{path: {data}}}]",
-            f"data.max_length={length}",
-            f"output.dir={out}",
-            f"train.max_steps={steps}",
-            "train.per_device_batch_size=1",
-            f"train.gradient_accumulation_steps={ACCUMULATION}",
-            "train.logging_steps=1",
-            "train.save_steps=100000",
-            "train.deepspeed=null",
-            "train.report_to=[]",
-            "train.resume=null",
-        ],
-    )
+    return [
+        f"model.path={model_dir}",
+        f"model.dtype={dtype}",
+        f"data.train=[{{path: {data}}}]",
+        f"data.max_length={length}",
+        f"output.dir={out}",
+        f"train.max_steps={steps}",
+        "train.per_device_batch_size=1",
+        f"train.gradient_accumulation_steps={ACCUMULATION}",
+        "train.logging_steps=1",
+        "train.save_steps=100000",
+        "train.deepspeed=null",
+        "train.report_to=[]",
+        "train.resume=null",
+    ]
+
+
+def run(method: str, settings: list[str]) -> dict:
+    cfg = load_recipe(REPO / METHODS[method][0], settings)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     result = train(cfg)
@@ -161,50 +173,85 @@ def main() -> None:
     if args.warmup >= args.steps:
         sys.exit("bench_qwen_vl: --warmup must be below --steps")
 
-    rows = []
+    methods, skipped = list(args.methods), {}
+    if "qlora_int4" in methods and not args.tiny and not importlib.util.find_spec("gptqmodel"):
+        methods.remove("qlora_int4")  # GPTQ kernels come from gptqmodel (a CUDA build, not carried)
+        skipped["qlora_int4"] = "gptqmodel not installed"
+    rows: list[dict] = []
+
+    def write(complete: bool) -> None:
+        """The rows so far, rewritten after each one: a run stopped early keeps what it measured."""
+        result = {
+            "command": "python " + " ".join(sys.argv),
+            "device": torch.cuda.get_device_name()
+            if torch.cuda.is_available()
+            else platform.processor() or "cpu",
+            "versions": {"qwenvl_ft": __version__, "torch": torch.__version__},
+            "setup": f"batch 1, gradient accumulation {ACCUMULATION}, one image, gradient checkpointing, single device",
+            "tiny": args.tiny,
+            "rows": rows,
+            "skipped": skipped,
+            "complete": complete,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        dirs = checkpoints(root, args.tiny, args.seed)
+        dirs = checkpoints(root, args.tiny, args.seed, with_int4="qlora_int4" in methods)
         for length in args.lengths:
             data = root / f"data{length}" / "train.jsonl"
             data.parent.mkdir()
             write_data(data, dirs[False], length, samples=ACCUMULATION * args.steps)
-            for method in args.methods:
+            for method in methods:
                 int4 = METHODS[method][1]
-                r = run(
+                settings = overrides(
                     method, dirs[int4], data, length, root / f"run-{method}-{length}", args.steps, args.tiny
                 )
-                kept = r["logs"][args.warmup :]
-                tokens = ACCUMULATION * length
-                sec = statistics.median(tokens / h["tokens_per_s"] for h in kept)
-                published = None if args.tiny else PUBLISHED_A100[method].get(length)
-                row = {
-                    "method": method,
-                    "length": length,
-                    "s_per_step": round(sec, 3),
-                    "peak_allocated_gb": max(h["peak_mem_gb"] for h in r["logs"]),
-                    "peak_reserved_gb": r["reserved_gb"] and round(r["reserved_gb"], 2),
-                    "published_a100": published and {"gb": published[0], "s_per_step": published[1]},
-                }
-                if published:
-                    row["ratio_s_per_step"] = round(sec / published[1], 3)
-                    row["ratio_allocated_gb"] = round(row["peak_allocated_gb"] / published[0], 3)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                try:
+                    r = run(method, settings)
+                except Exception as e:  # out of memory or a bug: recorded, the other rows still run
+                    traceback.print_exc()
+                    rows.append(
+                        {"method": method, "length": length, "error": f"{type(e).__name__}: {e}"[:1000]}
+                    )
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    write(complete=False)
+                    continue
+                rows.append(row(method, length, r, args))
+                rows[-1]["planner"] = planned_peak(
+                    REPO / METHODS[method][0],
+                    settings,
+                    rows[-1]["peak_allocated_gb"] if torch.cuda.is_available() else None,
+                )
+                print(json.dumps(rows[-1]), flush=True)
+                write(complete=False)
+    write(complete=True)
+    print(Path(args.out).read_text())
+    if any("error" in r for r in rows):
+        sys.exit("bench_qwen_vl: some rows failed (see 'error' in the rows and the tracebacks above)")
 
-    result = {
-        "command": "python " + " ".join(sys.argv),
-        "device": torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else platform.processor() or "cpu",
-        "versions": {"qwenvl_ft": __version__, "torch": torch.__version__},
-        "setup": f"batch 1, gradient accumulation {ACCUMULATION}, one image, gradient checkpointing, single device",
-        "tiny": args.tiny,
-        "rows": rows,
+
+def row(method: str, length: int, r: dict, args) -> dict:
+    """One table row: seconds per optimizer step and peak memory, beside the published A100 figures."""
+    kept = r["logs"][args.warmup :]
+    tokens = ACCUMULATION * length
+    sec = statistics.median(tokens / h["tokens_per_s"] for h in kept)
+    published = None if args.tiny else PUBLISHED_A100[method].get(length)
+    out = {
+        "method": method,
+        "length": length,
+        "s_per_step": round(sec, 3),
+        "peak_allocated_gb": max(h["peak_mem_gb"] for h in r["logs"]),
+        "peak_reserved_gb": r["reserved_gb"] and round(r["reserved_gb"], 2),
+        "published_a100": published and {"gb": published[0], "s_per_step": published[1]},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    if published:
+        out["ratio_s_per_step"] = round(sec / published[1], 3)
+        out["ratio_allocated_gb"] = round(out["peak_allocated_gb"] / published[0], 3)
+    return out
 
 
 if __name__ == "__main__":

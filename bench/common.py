@@ -53,3 +53,26 @@ def quiet(trainer) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+
+
+def planned_peak(recipe, overrides: list[str], measured_gib: float | None) -> dict:
+    """The planner's estimate (`qwenvl-ft plan`) for the recipe a side ran, beside its measured peak.
+
+    `allocated_gib` leaves out the planner's overhead terms (CUDA context, allocator margin), which
+    `torch.cuda.max_memory_allocated` does not see; `total_gib` is what the planner calls the peak.
+    An estimate that cannot be made is recorded as its error, not left out silently.
+    """
+    from qwenvl_ft.config.loader import load_recipe
+    from qwenvl_ft.plan import plan_recipe
+
+    try:
+        plan = plan_recipe(load_recipe(recipe, overrides)).plan
+    except Exception as e:  # the benchmark's own figures still stand; say why there is no estimate
+        return {"error": f"{type(e).__name__}: {e}"}
+    overhead = sum(t.gib for t in plan.terms if t.phase == "overhead")
+    allocated = plan.total_gib - overhead
+    out = {"total_gib": round(plan.total_gib, 2), "allocated_gib": round(allocated, 2)}
+    if measured_gib:
+        out["measured_allocated_gib"] = round(measured_gib, 2)
+        out["ratio_estimate_over_measured"] = round(allocated / measured_gib, 3)
+    return out
