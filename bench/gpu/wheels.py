@@ -104,14 +104,18 @@ def slim_bitsandbytes(folder: Path) -> list[str]:
     return dropped
 
 
-def tree_mib() -> float:
-    """Size of what travels besides the wheels: tracked and untracked-not-ignored files."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
+def tree_mib() -> float | None:
+    """Size of what travels besides the wheels: tracked and untracked-not-ignored files (None where
+    there is no git checkout, as on the device machine, which received the tree already)."""
+    try:
+        files = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        ).stdout.split(b"\0")
+    except (OSError, subprocess.CalledProcessError):
+        return None
     return (
         sum((REPO / f.decode()).stat().st_size for f in files if f and (REPO / f.decode()).is_file()) / 2**20
     )
@@ -135,7 +139,7 @@ def check(folder: Path) -> dict:
         "unexpected": sorted(n for n in found if n not in wanted),
         "largest_mib": dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:4]),
         "wheels_mib": round(wheels_mib, 1),
-        "tree_mib": round(tree, 1),
+        "tree_mib": None if tree is None else round(tree, 1),
         "limit_mib": LIMIT_MIB,
         "bitsandbytes_slim": not any(
             not BNB_KEEP.search(n)
@@ -148,7 +152,7 @@ def check(folder: Path) -> dict:
         not report["missing"]
         and not report["duplicates"]
         and report["bitsandbytes_slim"]
-        and wheels_mib + tree <= LIMIT_MIB
+        and wheels_mib + (tree or 0) <= LIMIT_MIB
     )
     return report
 
@@ -182,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r, indent=2))
     else:
         print(
-            f"wheels in {r['folder']}: {r['wheels_mib']} MiB + working tree {r['tree_mib']} MiB "
-            f"(limit {r['limit_mib']} MiB a call); largest: "
+            f"wheels in {r['folder']}: {r['wheels_mib']} MiB + working tree "
+            + (f"{r['tree_mib']} MiB" if r["tree_mib"] is not None else "(not counted: no git checkout)")
+            + f" (limit {r['limit_mib']} MiB a call); largest: "
             + ", ".join(f"{k} {v}" for k, v in r["largest_mib"].items())
         )
         for key in ("missing", "duplicates", "unexpected"):
