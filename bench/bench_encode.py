@@ -1,6 +1,7 @@
 """Encoding throughput and padding efficiency on CPU, ours against the transformers path, one run.
 
     python bench/bench_encode.py [--samples 400] [--family qwen2_5_vl] [--out bench/results/encode_cpu.json]
+    python bench/bench_encode.py --case photos [--max-pixels 802816]   # -> bench/results/encode_photos_cpu.json
 
 Data: synthetic multi-turn samples with one image each (sizes 64..640 px a side, 1..3 turns),
 written as `messages` JSONL plus PNG files, so both sides read, decode, resize and tokenize the
@@ -14,6 +15,12 @@ same bytes.
 
 Padding efficiency (real tokens / tokens in the batch) for batches of 8 in random order: ours
 (per-batch padding to a multiple of 8) against padding every sample to max_length.
+
+`--case photos`: camera-like photos (`synthetic_photo.camera_photo`: gradients, shaded shapes, fine
+texture, sensor noise) of several sizes, each as JPEG (quality 90) and PNG, one image and one short
+turn a sample; per size and format, samples/s of ours with `data.image_decode` draft and exact
+against the baseline above, and how far draft's pixel_values are from the baseline's (and, for
+scale, how far JPEG's own compression moves them from the lossless source's).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from qwenvl_ft.config import DataConfig, DatasetSpec
 from qwenvl_ft.data.collate import PaddingCollator, padding_efficiency
 from qwenvl_ft.data.dataset import build_dataset
 from qwenvl_ft.data.synthetic import draw_shapes
+from qwenvl_ft.data.synthetic_photo import camera_photo
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.processor import VLProcessor
 from qwenvl_ft.models.tokenizer import build_tokenizer
@@ -63,8 +71,9 @@ def make_data(root: Path, n: int, seed: int) -> Path:
     return path
 
 
-def baseline_encode(path: Path, proc: VLProcessor) -> float:
-    """Seconds to encode every sample the way the transformers processor does."""
+def baseline_encode(path: Path, proc: VLProcessor, pixels_out: list | None = None) -> float:
+    """Seconds to encode every sample the way the transformers processor does (each sample's
+    pixel_values appended to `pixels_out` when given)."""
     from PIL import Image
 
     tok, ip = proc.tokenizer, proc.image_processor
@@ -85,6 +94,8 @@ def baseline_encode(path: Path, proc: VLProcessor) -> float:
         n = int(pixels["image_grid_thw"][0].prod()) // ip.merge_size**2
         text = text.replace(pad, pad * n)
         tok(text, return_tensors="pt")
+        if pixels_out is not None:
+            pixels_out.append(pixels["pixel_values"])
     return time.perf_counter() - start
 
 
@@ -95,18 +106,119 @@ def ours_encode(ds) -> float:
     return time.perf_counter() - start
 
 
+PHOTO_SIZES = [(4032, 3024), (2048, 1536), (1024, 768), (640, 480)]
+"""12 MP and 3 MP (over the cap: drafted), 0.8 MP and 0.3 MP (within it: decoded in full)."""
+
+
+def photos(family_name: str, max_pixels: int, repeats: int, per_size: int = 9) -> dict:
+    """The camera-photo case: samples/s per size and format, draft / exact / baseline."""
+    family = get_family(family_name)
+    proc = VLProcessor.for_family(family, build_tokenizer(family.special_tokens, family.chat_template))
+    proc.set_pixel_range(None, max_pixels)
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in PHOTO_SIZES:
+            sources = [camera_photo(size, seed) for seed in range(3)]  # each used per_size / 3 times
+            for fmt in ("jpg", "png"):
+                root = Path(tmp) / f"{size[0]}x{size[1]}-{fmt}"
+                root.mkdir()
+                for k, image in enumerate(sources):
+                    image.save(root / f"{k}.{fmt}", **({"quality": 90} if fmt == "jpg" else {}))
+                lines = [
+                    {
+                        "id": i,
+                        "messages": [
+                            {"role": "user", "content": "<image>What is in the picture?"},
+                            {"role": "assistant", "content": "A few shapes on a textured background."},
+                        ],
+                        "images": [f"{i % len(sources)}.{fmt}"],
+                    }
+                    for i in range(per_size)
+                ]
+                path = root / "bench.jsonl"
+                path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+                cases.append(photo_case(proc, path, size, fmt, sources, repeats))
+                print(json.dumps(cases[-1]), file=sys.stderr)
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "version": __version__,
+        "machine": f"{platform.processor() or platform.machine()}, torch threads 1",
+        "family": family.name,
+        "max_pixels": max_pixels,
+        "samples_per_case": per_size,
+        "cases": cases,
+    }
+
+
+def photo_case(proc: VLProcessor, path: Path, size, fmt: str, sources, repeats: int) -> dict:
+    data = DataConfig(train=[DatasetSpec(path=str(path))], max_length=4096)
+    sets = {}
+    for mode in ("draft", "exact"):
+        proc.image_decode = mode
+        sets[mode] = build_dataset(data, proc, seed=0, cache_dir=None, progress=False)[0]
+    times: dict[str, list[float]] = {"draft": [], "exact": [], "baseline": []}
+    base_pixels: list[torch.Tensor] = []
+    for r in range(repeats):  # interleaved, so drift in machine load hits every side alike
+        for mode in ("draft", "exact"):
+            proc.image_decode = mode
+            times[mode].append(ours_encode(sets[mode]))
+        times["baseline"].append(baseline_encode(path, proc, base_pixels if r == 0 else None))
+    n = len(sets["draft"])
+    rate = {k: n / statistics.median(v) for k, v in times.items()}
+    # Draft's pixel_values against the baseline's, sample by sample (item.index: the line; the
+    # dataset's order is mixed)
+    proc.image_decode = "draft"
+    diffs = [
+        (sets["draft"][i].pixel_values - base_pixels[item.index]).abs()
+        for i, item in enumerate(sets["draft"].items)
+    ]
+    out = {
+        "size": f"{size[0]}x{size[1]}",
+        "format": fmt,
+        "resized_to": "x".join(map(str, proc.resized_size(size[1], size[0])[::-1])),
+        "draft_samples_per_s": round(rate["draft"], 2),
+        "exact_samples_per_s": round(rate["exact"], 2),
+        "baseline_samples_per_s": round(rate["baseline"], 2),
+        "draft_over_baseline": round(rate["draft"] / rate["baseline"], 3),
+        "exact_over_baseline": round(rate["exact"] / rate["baseline"], 3),
+        "draft_vs_baseline_pixel_values_mean_abs": round(
+            float(torch.cat([d.flatten() for d in diffs]).mean()), 5
+        ),
+        "draft_vs_baseline_pixel_values_max_abs": round(float(max(d.max() for d in diffs)), 4),
+    }
+    if fmt == "jpg":  # for scale: what JPEG quality 90 itself changes, against the lossless source
+        lossless = [proc.image_processor(images=[s], return_tensors="pt")["pixel_values"] for s in sources]
+        jpeg = [(base_pixels[k] - lossless[k]).abs() for k in range(len(sources))]
+        out["jpeg_q90_vs_source_pixel_values_mean_abs"] = round(
+            float(torch.cat([d.flatten() for d in jpeg]).mean()), 5
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--case", choices=["shapes", "photos"], default="shapes")
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--family", default="qwen2_5_vl")
     parser.add_argument("--max-length", type=int, default=4096)
-    parser.add_argument("--max-pixels", type=int, default=401408, help="512*28*28, a common fine-tuning cap")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="default 401408 (shapes), 802816 (photos: the recipes' cap)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/encode_cpu.json"))
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one loader worker's view; both sides get the same
+    if args.case == "photos":
+        result = photos(args.family, args.max_pixels or 802816, args.repeats)
+        write(result, args.out or Path("bench/results/encode_photos_cpu.json"))
+        return
+    args.max_pixels = args.max_pixels or 401408  # 512*28*28, a common fine-tuning cap
+    args.out = args.out or Path("bench/results/encode_cpu.json")
 
     family = get_family(args.family)
     proc = VLProcessor.for_family(family, build_tokenizer(family.special_tokens, family.chat_template))
@@ -148,8 +260,12 @@ def main() -> None:
         "dropped": len(report.dropped),
         "per_batch_efficiency_min": round(min(padding_efficiency(b) for b in batches), 3),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write(result, args.out)
+
+
+def write(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

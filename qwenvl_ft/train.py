@@ -25,6 +25,7 @@ from .data.packing import PackedDataset, PackingCollator
 from .data.sources import Source
 from .models import resolve_family
 from .models.capabilities import check_capabilities
+from .training.data_wait import summary as data_wait_summary
 from .training.modules import trainable_table
 from .training.outputs import DescribeCheckpoints, describe, plot_loss, prepare_output_dir, run_metadata
 from .training.setup import (
@@ -58,6 +59,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
     processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
     processor.video_config = cfg.data.video
     processor.thinking = cfg.data.thinking
+    processor.image_decode = cfg.data.image_decode
 
     dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
     eval_set = None
@@ -107,6 +109,9 @@ def train(cfg: RecipeConfig) -> TrainResult:
     if resume:
         log.info(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wait = trainer.data_wait.run_share()
+    if wait is not None and trainer.is_world_process_zero():
+        log.info(data_wait_summary(wait, cfg.data.num_workers, cfg.data.image_decode))
     if samples.skipped():  # data.on_load_error: skip; each was logged when it failed
         log.warning(
             f"{samples.skipped()} sample(s) failed to load and were skipped (data.on_load_error: skip)"

@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 from .check import CheckReport, PlanItem, check_specs, error_message, format_report
 from .clips import load_clip, plan_clip
 from .encode import Encoded, encode
-from .images import load_image
 from .readers import DataError
 from .sources import Source, mix
 
@@ -106,7 +105,9 @@ class SFTDataset(Dataset):
         try:
             conv.turns = conv.turns[: item.turns]
             segments = [s for t in conv.turns for s in t.segments]
-            images = [load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"]
+            images = [
+                self.processor.load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"
+            ]
             videos = [
                 load_clip(plan_clip(s.value, self.processor), self.processor)
                 for s in segments

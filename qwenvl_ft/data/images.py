@@ -6,6 +6,14 @@ in-memory PIL images and Hugging Face `Image` feature dicts ({"bytes", "path"}).
 only `ImageError`, whatever PIL raises, and both refuse images over PIL's decompression-bomb
 limit (`PIL.Image.MAX_IMAGE_PIXELS`) whether PIL itself would only warn or refuse, so the data
 check and training agree on them.
+
+With `reduce_to` (the recipe's `data.image_decode: draft`), a JPEG much larger than the size the
+model resizes it to is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT, PIL's draft mode):
+the largest reduction that still leaves at least the target size in both dimensions, so the
+normal resize that follows only resamples from fewer pixels. That decode costs a fraction of the
+full one (a 12 MP photo: about 0.08 s instead of 0.25 s). The result is a `ReducedImage`, which
+keeps the file's own size for token budgets and box coordinates. Orientation is the stored one in
+both modes (no EXIF transpose), so boxes keep meaning pixels of the file.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import base64
 import io
 import urllib.request
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +113,58 @@ def image_size(ref: Any, allow_urls: bool = False) -> tuple[int, int]:
         raise _as_image_error(ref, e, "cannot read") from None
 
 
-def load_image(ref: Any, allow_urls: bool = False) -> Image.Image:
-    """The decoded RGB image; corrupt or truncated files raise `ImageError` naming the file."""
+@dataclass
+class ReducedImage:
+    """A JPEG decoded at reduced scale, standing in for the full image.
+
+    `width` and `height` are the file's (what token budgets and box coordinates use, as for a full
+    decode); `image` holds the decoded pixels, smaller than that but at least the `reduce_to`
+    target in both dimensions. `VLProcessor.images` resizes it to the target the full image gets.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def draft_scale(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """The largest JPEG decode reduction (8, 4, 2 or 1) whose result, ceil(size / s) on each side,
+    is still at least `target` (width, height) on both sides."""
+    (w, h), (tw, th) = size, target
+    for s in (8, 4, 2):
+        if -(-w // s) >= tw and -(-h // s) >= th:
+            return s
+    return 1
+
+
+def load_image(
+    ref: Any,
+    allow_urls: bool = False,
+    reduce_to: Callable[[int, int], tuple[int, int]] | None = None,
+) -> Image.Image | ReducedImage:
+    """The decoded RGB image; corrupt or truncated files raise `ImageError` naming the file.
+
+    reduce_to: (width, height) of the file -> the (width, height) its pixels are resized to.
+    Given, a JPEG at least twice that size in both dimensions is decoded at reduced scale and
+    returned as a `ReducedImage`; anything else (other formats, smaller JPEGs, in-memory images)
+    loads exactly as without it.
+    """
     try:
         im = _open_checked(ref, allow_urls)
+        full = im.size
+        if reduce_to is not None and im is not ref:  # never change a caller's own image object
+            scale = draft_scale(full, reduce_to(*full))
+            if scale > 1:
+                # Asking for (w // s, h // s) makes draft() choose exactly s (it takes the largest
+                # of 8, 4, 2 not above size // asked); it decodes ceil(w / s) x ceil(h / s). The
+                # mode asked for is the file's own: only the scale changes, not the colours.
+                im.draft(im.mode, (full[0] // scale, full[1] // scale))
         im.load()
-        return im if im.mode == "RGB" else im.convert("RGB")
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
+        return rgb if rgb.size == full else ReducedImage(rgb, *full)
     except Exception as e:
         raise _as_image_error(ref, e, "corrupt image") from None

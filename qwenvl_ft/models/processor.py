@@ -4,6 +4,10 @@ transformers' `Qwen2VLProcessor` (and the 2.5 / 3 ones) insist on a video proces
 torchvision; `AutoProcessor.from_pretrained` on a real checkpoint therefore fails on machines
 without it. This one pairs the checkpoint's tokenizer with the PIL image processor (same pixel
 values) and reads and writes the same files as a real checkpoint directory.
+
+It also loads the images it will process (`load_image`): with `image_decode = "draft"` a large
+JPEG is decoded at reduced scale, no smaller than the size this processor resizes it to
+(data/images.py), and `images` resizes such an image to exactly the size the full decode gets.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..data.images import ReducedImage, load_image
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +37,8 @@ class VLProcessor:
     """The recipe's `data.video` (frame sampling and budgets); None: the generation's published rules."""
     thinking: str | None = None
     """The recipe's `data.thinking` (how reasoning is rendered); None: the official template's way."""
+    image_decode: Literal["draft", "exact"] = "exact"
+    """The recipe's `data.image_decode`: how `load_image` decodes JPEGs larger than the resize target."""
 
     @classmethod
     def from_pretrained(
@@ -92,9 +100,39 @@ class VLProcessor:
     def image_tokens(self, height: int, width: int) -> int:
         return self.family.image_tokens(height, width, self.min_pixels, self.max_pixels)
 
-    def images(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+    def decode_target(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) the image processor resizes a width x height image to."""
+        if self.family.vision.fixed_size:  # the image processor's own square (smaller on tiny towers)
+            side = self.image_processor.image_size
+            return side, side
+        h, w = self.resized_size(height, width)
+        return w, h
+
+    def load_image(self, ref: Any, allow_urls: bool = False) -> Image.Image | ReducedImage:
+        """An image for `images`, decoded as `image_decode` says (data/images.py `load_image`)."""
+        return load_image(ref, allow_urls, self.decode_target if self.image_decode == "draft" else None)
+
+    def images(self, images: list[Image.Image | ReducedImage]) -> dict[str, torch.Tensor]:
         """pixel_values, plus image_grid_thw (images x 3) for the generations with dynamic resolution."""
-        out = self.image_processor(images=images, return_tensors="pt")
+        if not any(isinstance(im, ReducedImage) for im in images):
+            out = self.image_processor(images=images, return_tensors="pt")
+            return {k: out[k] for k in ("pixel_values", "image_grid_thw") if k in out}
+        import torch
+
+        # One call per image: a reduced image is resized here, to the size computed from the file's
+        # size (the image processor would compute it from the reduced size, which can round to a
+        # different grid), and handed over with resizing off. Per-image results concatenate to
+        # exactly what one call returns.
+        parts = [self._reduced(im) if isinstance(im, ReducedImage) else self.images([im]) for im in images]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _reduced(self, im: ReducedImage) -> dict[str, torch.Tensor]:
+        if self.family.vision.fixed_size:  # always resized to its fixed square: the normal call
+            return self.images([im.image])
+        w, h = self.decode_target(im.width, im.height)
+        # As the image processor resizes (PIL, its resample filter), from the reduced decode.
+        resized = im.image.resize((w, h), self.image_processor.resample)
+        out = self.image_processor(images=[resized], do_resize=False, return_tensors="pt")
         return {k: out[k] for k in ("pixel_values", "image_grid_thw") if k in out}
 
     def save_pretrained(self, path: str | Path) -> None:

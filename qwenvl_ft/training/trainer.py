@@ -7,7 +7,9 @@
   sequence of ZeRO-3 / FSDP gathers and none waits forever on batches that mix images, videos
   and text;
 - tokens per second and peak memory in every log line, and a sparse-expert router's
-  load-balancing loss (`aux_loss`, already inside the loss) averaged since the last line.
+  load-balancing loss (`aux_loss`, already inside the loss) averaged since the last line;
+- `get_batch_samples` (the Trainer's fetch of one optimizer step's micro-batches) timed, so each
+  log line carries `data_wait`, the share of step time spent waiting for the loader (data_wait.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..models.base import ModelFamily
+from .data_wait import DataWait
 from .keepalive import VisionKeepalive
 from .loss import loss_in_head
 from .modules import param_groups
@@ -49,6 +52,8 @@ class VLTrainer(Trainer):
         self._aux: list[torch.Tensor] = []
         self._last_log = time.perf_counter()
         self.keepalive = VisionKeepalive(family, self._base_model(self.model))
+        self.data_wait = DataWait()
+        self.add_callback(self.data_wait)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -72,6 +77,9 @@ class VLTrainer(Trainer):
         # Lengths from the data check: nothing is encoded to sort. Megabatches of 50 batches are
         # sorted by length, so a batch holds similar lengths while the order stays random.
         return LengthGroupedSampler(self.args.train_batch_size, lengths=dataset.lengths())
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        return super().get_batch_samples(self.data_wait.timed(epoch_iterator), num_batches, device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # A tensor: no device sync on every step. Packed rows have no padding to leave out.
@@ -135,6 +143,9 @@ class VLTrainer(Trainer):
                 float(self._tokens) * self.args.world_size / max(now - self._last_log, 1e-9), 1
             )
             logs["peak_mem_gb"] = round(peak_memory_gb(), 3)
+            wait = self.data_wait.window_share()
+            if wait is not None:
+                logs["data_wait"] = round(wait, 3)
             if self._aux:
                 logs["aux_loss"] = round(torch.stack(self._aux).float().mean().item(), 6)
             self._tokens, self._last_log, self._aux = 0, now, []
