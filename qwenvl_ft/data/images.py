@@ -10,8 +10,8 @@ check and training agree on them.
 With `reduce_to` (the recipe's `data.image_decode: draft`), a JPEG much larger than the size the
 model resizes it to is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT, PIL's draft mode):
 the largest reduction that still leaves at least the target size in both dimensions, so the
-normal resize that follows only resamples from fewer pixels. That decode costs a fraction of the
-full one (a 12 MP photo: about 0.08 s instead of 0.25 s). The result is a `ReducedImage`, which
+normal resize that follows only resamples from fewer pixels. Decoding and resizing a 12 MP photo to
+0.8 MP then takes about 0.05 s instead of 0.23 s (one core). The result is a `ReducedImage`, which
 keeps the file's own size for token budgets and box coordinates. Orientation is the stored one in
 both modes (no EXIF transpose), so boxes keep meaning pixels of the file.
 """
