@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -73,17 +74,19 @@ def bench(script: str, *args: str) -> list[str]:
 
 
 def gpu_test_files() -> list[str]:
-    """Test files that hold a `gpu`-marked test (found by their marker, so new ones join)."""
-    return sorted(
+    """Test files that hold a `gpu`-marked test (found by their marker, so new ones join); unit
+    tests first, the end-to-end ones (torchrun launches, minutes) last."""
+    found = [
         str(p.relative_to(REPO))
         for p in (REPO / "tests").rglob("test_*.py")
         if "mark.gpu" in p.read_text(encoding="utf-8")
-    )
+    ]
+    return sorted(found, key=lambda f: (f.startswith("tests/e2e/"), f))
 
 
 def steps() -> list[Step]:
     tiny = ["--tiny", "--samples", "8", "--steps", "3", "--warmup", "1"]
-    pytest = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *gpu_test_files()]
+    pytest = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", *gpu_test_files()]
     return [
         Step(
             "tests",
@@ -142,6 +145,7 @@ def run_step(step: Step, argv: list[str], out: Path, timeout: float, log) -> dic
     if step.name == "tests":
         argv = [*argv, f"--junitxml={junit}"]
     print(f"\n==== {step.name} (budget {timeout:.0f} s): {' '.join(argv)}", file=log, flush=True)
+    log_start = log.tell()
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -154,10 +158,33 @@ def run_step(step: Step, argv: list[str], out: Path, timeout: float, log) -> dic
     seconds = round(time.monotonic() - t0, 1)
     if step.name == "tests":
         tests = junit_summary(junit)
+        if "error" in tests:  # stopped before pytest wrote its report: read the outcomes -v printed
+            with open(log.name) as f:
+                f.seek(log_start)
+                tests = {**verbose_summary(f.read()), "error": tests["error"]}
         (out / "tests.json").write_text(json.dumps({"command": " ".join(argv), **tests}, indent=2) + "\n")
         junit.unlink(missing_ok=True)
     print(f"==== {step.name}: {status} in {seconds} s (rc {rc})", file=log, flush=True)
     return {"status": status, "seconds": seconds, "rc": rc, "command": " ".join(argv)}
+
+
+def verbose_summary(text: str) -> dict:
+    """Counts and outcomes from `pytest -v` lines (`nodeid PASSED`); a test that started and never
+    ended (the step's time ran out) is 'stopped'."""
+    cases = []
+    for line in text.splitlines():
+        m = re.match(r"^(tests/\S+::\S+)(?:\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS))?", line)
+        if not m:
+            continue
+        word = m.group(2)
+        outcome = {"PASSED": "passed", "XPASS": "passed", "FAILED": "failed", "ERROR": "error"}.get(
+            word or "", "skipped" if word else "stopped"
+        )
+        cases.append({"test": m.group(1), "outcome": outcome, "seconds": None, "message": ""})
+    count = {
+        k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped", "stopped")
+    }
+    return {**count, "errors": count.pop("error"), "cases": cases}
 
 
 def junit_summary(path: Path) -> dict:

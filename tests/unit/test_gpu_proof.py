@@ -3,7 +3,8 @@
 - the scripts parse (`bash -n`), and run.sh refuses what it cannot do;
 - the step plan fits its budget and the files the device machine sends back (8, no subfolders);
 - a step past its budget is killed with its whole process group and recorded as a timeout;
-- pytest's JUnit report becomes tests.json's counts;
+- pytest's JUnit report becomes tests.json's counts (or, when the step ran out of time before the
+  report, the outcomes `pytest -v` printed);
 - the wheel list follows scripts/constraints-cpu.txt, `check` finds what is missing, and slimming
   bitsandbytes drops exactly the other CUDA versions' libraries from the wheel and its RECORD;
 - the dry run end to end, without wheels: the tests marked gpu (skipped here) and the 7B LoRA
@@ -77,6 +78,19 @@ def test_a_step_past_its_budget_is_killed_with_its_children(tmp_path):
     assert not marker.exists(), "the step's child outlived the timeout"
 
 
+def test_tests_cut_short_keep_the_outcomes_printed_so_far(tmp_path):
+    code = "print('tests/unit/x.py::test_a PASSED'); print('tests/e2e/y.py::test_b ', flush=True); import time; time.sleep(30)"
+    argv = [sys.executable, "-c", code]
+    step = proof.Step("tests", 1, "gpu tests", argv, argv, out="tests.json")
+    with open(tmp_path / "run.log", "a") as log:
+        log.write("an earlier step's output\ntests/unit/old.py::test_z FAILED\n")
+        r = proof.run_step(step, argv, tmp_path, 2.0, log)
+    assert r["status"] == "timeout"
+    tests = json.loads((tmp_path / "tests.json").read_text())
+    assert "error" in tests and (tests["passed"], tests["stopped"], tests["failed"]) == (1, 1, 0)
+    assert [c["test"] for c in tests["cases"]] == ["tests/unit/x.py::test_a", "tests/e2e/y.py::test_b"]
+
+
 def test_junit_summary_counts_each_outcome(tmp_path):
     xml = tmp_path / "r.xml"
     xml.write_text(
@@ -96,6 +110,20 @@ def test_junit_summary_counts_each_outcome(tmp_path):
         "message": "assert 1 == 2",
     }
     assert "error" in proof.junit_summary(tmp_path / "absent.xml")
+
+
+def test_verbose_summary_reads_outcomes_when_the_report_never_came():
+    text = (
+        "tests/unit/t.py::test_a PASSED                     [ 25%]\n"
+        "tests/unit/t.py::test_b[bf16] FAILED               [ 50%]\n"
+        "tests/unit/t.py::test_c SKIPPED (needs a CUDA GPU) [ 75%]\n"
+        "some output line\n"
+        "tests/e2e/t.py::test_d \n"
+    )
+    r = proof.verbose_summary(text)
+    assert (r["passed"], r["failed"], r["skipped"], r["stopped"]) == (1, 1, 1, 1)
+    assert [c["outcome"] for c in r["cases"]] == ["passed", "failed", "skipped", "stopped"]
+    assert r["cases"][1]["test"] == "tests/unit/t.py::test_b[bf16]"
 
 
 def test_wheel_pins_follow_the_cpu_constraints():
