@@ -345,6 +345,12 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU: a smoke test of this script")
     parser.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="real sizes on CPU: the data, pack length, parameter counts and the planner's estimate per "
+        "side, written to --out; no model is built (bench/gpu/run.sh --dry-run runs it)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="default bench/results/gpu_<model>_<mode>.json"
     )
     args = parser.parse_args()
@@ -357,7 +363,7 @@ def main() -> None:
         sides_px, words = (28, 224), (3, 100)
     else:
         sides_px, words = (56, 896), (3, 600)
-        if not torch.cuda.is_available():
+        if not torch.cuda.is_available() and not args.plan_only:
             sys.exit("no CUDA GPU: this benchmark needs one (or --tiny for the CPU smoke test)")
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     attn = args.attn
@@ -367,7 +373,8 @@ def main() -> None:
     out_path = args.out or Path(f"bench/results/gpu_{model_name}_{args.mode}.json")
     sides = [s for s in args.sides.split(",") if s]
     skipped = {}
-    if "ours_liger" in sides and (device != "cuda" or not importlib.util.find_spec("liger_kernel")):
+    no_liger = device != "cuda" or not importlib.util.find_spec("liger_kernel")
+    if "ours_liger" in sides and no_liger and not args.plan_only:
         sides.remove("ours_liger")
         skipped["ours_liger"] = "liger_kernel not installed or no GPU"
     if "ours_flash" in sides and (device != "cuda" or not importlib.util.find_spec("flash_attn")):
@@ -471,6 +478,15 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
+        if args.plan_only:
+            write_plan(
+                out_path,
+                counts,
+                pack_length,
+                steps,
+                {s: planned_peak(RECIPE, plan_overrides(s), None) for s in sides},
+            )
+            return
         runs: dict[str, list[dict]] = {s: [] for s in sides}
         failed: dict[str, str] = {}  # side -> the error that stopped it (the run then exits 1)
 
@@ -538,6 +554,21 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if failed:
         sys.exit(f"side(s) failed: {', '.join(failed)} (the tracebacks are above; the others were written)")
+
+
+def write_plan(out_path: Path, counts: dict, pack_length: int, steps: int, plans: dict) -> None:
+    """--plan-only: what a GPU run would build, with the planner's estimate for each side."""
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "plan_only": True,
+        "parameters": counts,
+        "pack_length": pack_length,
+        "steps_per_side": steps,
+        "planner": plans,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
 
 
 def summary(rs: list[dict]) -> dict:

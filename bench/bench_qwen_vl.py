@@ -166,9 +166,14 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the figures (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="tiny model on CPU: a smoke test, not a measurement")
+    p.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="real sizes on CPU: the data check at each length and the planner's estimate per row; no model",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    if not args.tiny and not torch.cuda.is_available():
+    if not args.tiny and not args.plan_only and not torch.cuda.is_available():
         sys.exit("bench_qwen_vl: needs a CUDA GPU (or --tiny for the CPU smoke test)")
     if args.warmup >= args.steps:
         sys.exit("bench_qwen_vl: --warmup must be below --steps")
@@ -198,7 +203,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        dirs = checkpoints(root, args.tiny, args.seed, with_int4="qlora_int4" in methods)
+        if args.plan_only:  # the checkpoint directory without weights: config, tokenizer, processor
+            for name in ("qwen_vl", "qwen_vl-int4"):
+                checkpoint_dir(root / name, REPO / f"qwenvl_ft/models/published/{name}.json")
+            dirs = {False: root / "qwen_vl", True: root / "qwen_vl-int4"}
+        else:
+            dirs = checkpoints(root, args.tiny, args.seed, with_int4="qlora_int4" in methods)
         for length in args.lengths:
             data = root / f"data{length}" / "train.jsonl"
             data.parent.mkdir()
@@ -208,6 +218,16 @@ def main() -> None:
                 settings = overrides(
                     method, dirs[int4], data, length, root / f"run-{method}-{length}", args.steps, args.tiny
                 )
+                if args.plan_only:
+                    rows.append(
+                        {
+                            "method": method,
+                            "length": length,
+                            "planner": planned_peak(REPO / METHODS[method][0], settings, None),
+                        }
+                    )
+                    write(complete=False)
+                    continue
                 try:
                     r = run(method, settings)
                 except Exception as e:  # out of memory or a bug: recorded, the other rows still run

