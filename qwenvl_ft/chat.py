@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .data.clips import VideoClip, load_clip, plan_clip
 from .data.conversation import Conversation, Segment, Turn
 from .data.images import load_image
 from .infer import Answer, Predictor
@@ -36,6 +37,7 @@ class Chat:
             "chat", [Turn("system", [Segment("text", self.system)])] if self.system else []
         )
         self.images: list[Image.Image] = []
+        self.videos: list[VideoClip] = []
         self.reasoning: str | None = None
         """The last answer's reasoning (None: it gave none)."""
 
@@ -45,15 +47,28 @@ class Chat:
         images: list[str | Path | Image.Image] = (),
         on_text: Callable[[str], None] | None = None,
         on_reasoning: Callable[[str], None] | None = None,
+        videos: list[str | Path] = (),
     ) -> str:
-        """Add a user turn (images first, then the text), generate, keep the answer in the history.
+        """Add a user turn (images, then videos, then the text), generate, keep the answer in the history.
 
-        on_text / on_reasoning receive the answer / its reasoning as they decode."""
+        on_text / on_reasoning receive the answer / its reasoning as they decode. Videos (files or
+        folders of frames) are sampled and sized by the generation's video rules; a generation
+        without video input refuses them (VideoError)."""
         new = [im if isinstance(im, Image.Image) else load_image(str(im)) for im in images]
-        segments = [Segment("image", im) for im in new] + [Segment("text", text)]
-        self.conversation.turns.append(Turn("user", segments))
+        clips = [
+            load_clip(plan_clip(str(v), self.predictor.processor), self.predictor.processor) for v in videos
+        ]
+        segments = [Segment("image", im) for im in new] + [Segment("video", str(v)) for v in videos]
+        self.conversation.turns.append(Turn("user", [*segments, Segment("text", text)]))
         self.images += new
-        answer = self._generate(on_text, on_reasoning)
+        self.videos += clips
+        try:
+            answer = self._generate(on_text, on_reasoning)
+        except BaseException:
+            self.conversation.turns.pop()  # a failed question leaves the history as it was
+            del self.images[len(self.images) - len(new) :]
+            del self.videos[len(self.videos) - len(clips) :]
+            raise
         self.reasoning = answer.reasoning
         self.conversation.turns.append(Turn("assistant", [Segment("text", answer.text)], answer.reasoning))
         return answer.text
@@ -61,35 +76,49 @@ class Chat:
     def _generate(
         self, on_text: Callable[[str], None] | None, on_reasoning: Callable[[str], None] | None
     ) -> Answer:
-        sample = [(self.conversation, self.images)]
+        sample = [(self.conversation, self.images, self.videos)]
         if on_text is None and on_reasoning is None:
             return self.predictor.generate_answers(sample, max_new_tokens=self.max_new_tokens)[0]
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.predictor.processor.tokenizer, skip_prompt=True)
         result: list[Answer] = []
-        worker = threading.Thread(
-            target=lambda: result.append(
-                self.predictor.generate_answers(
-                    sample, max_new_tokens=self.max_new_tokens, streamer=streamer
-                )[0]
-            )
-        )
+        failed: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                result.append(
+                    self.predictor.generate_answers(
+                        sample, max_new_tokens=self.max_new_tokens, streamer=streamer
+                    )[0]
+                )
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                failed.append(e)
+                streamer.end()  # else the loop below waits for text that never comes
+
+        worker = threading.Thread(target=work)
         worker.start()
         stream = _Split(self.predictor, on_text, on_reasoning)
         for piece in streamer:  # pieces as they decode; the final answer comes from generate itself
             stream(piece)
         worker.join()
+        if failed:
+            raise failed[0]
         return result[0]
 
     def boxes(self) -> list[Box]:
         """Boxes written in the last answer, in pixels of the last image (the generation's convention)."""
+        return [box for _, box in self.labelled_boxes()]
+
+    def labelled_boxes(self) -> list[tuple[str | None, Box]]:
+        """The last answer's boxes with the referring text each answers (None: none), in pixels of
+        the last image."""
         answers = [t for t in self.conversation.turns if t.role == "assistant"]
         if not answers or not self.images:
             return []
         image = self.images[-1]
         resized = self.predictor.processor.resized_size(image.height, image.width)[::-1]
-        return self.predictor.family.parse_boxes(str(answers[-1].segments[0].value), image.size, resized)
+        return self.predictor.family.labelled_boxes(str(answers[-1].segments[0].value), image.size, resized)
 
     def draw_boxes(self, out: str | Path) -> Path:
         """The last image with the last answer's boxes drawn on it, saved as a PNG."""

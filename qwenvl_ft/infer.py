@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .data.clips import VideoClip
 from .data.conversation import Conversation
 from .data.encode import Encoded, Piece, render, tokenize
 from .merge import load_source, read_run
@@ -85,15 +86,22 @@ class Predictor:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device).eval(), processor, family, thinking)
 
-    def prompt(self, conv: Conversation, images: list[Image.Image]) -> Encoded:
-        """The conversation (ending with a user turn) and the generation prompt, as the model input."""
-        pieces = render(conv, self.processor, images) + [
+    def prompt(self, conv: Conversation, images: list[Image.Image], videos: list[VideoClip] = ()) -> Encoded:
+        """The conversation (ending with a user turn) and the generation prompt, as the model input.
+
+        videos: loaded clips (`data.clips.load_clip`), in the conversation's order."""
+        import dataclasses
+
+        from .data.encode import encode
+
+        pieces = render(conv, self.processor, images, videos=videos) + [
             Piece(self.family.chat.im_start, False, True),
             Piece(self.family.generation_prompt(self.thinking), False),
         ]
         ids, labels, types = tokenize(pieces, self.processor.tokenizer)
-        pixels = self.processor.images(images) if images else {}
-        return Encoded(ids, labels, types, pixels.get("pixel_values"), pixels.get("image_grid_thw"))
+        # The pixel tensors exactly as training builds them; the ids are the prompt's.
+        enc = encode(Conversation(conv.id), self.processor, images, videos=videos)
+        return dataclasses.replace(enc, input_ids=ids, labels=labels, mm_token_type_ids=types)
 
     @torch.no_grad()
     def generate(
@@ -109,18 +117,19 @@ class Predictor:
     @torch.no_grad()
     def generate_answers(
         self,
-        samples: list[tuple[Conversation, list[Image.Image]]],
+        samples: list[tuple[Conversation, list[Image.Image]]]
+        | list[tuple[Conversation, list[Image.Image], list[VideoClip]]],
         max_new_tokens: int = 128,
         batch_size: int = 8,
         **generation: object,
     ) -> list[Answer]:
-        """One answer per (conversation, images), with its reasoning apart."""
+        """One answer per (conversation, images[, videos]), with its reasoning apart."""
         tok = self.processor.tokenizer
         generation.setdefault("eos_token_id", self._stop_ids())
         generation.setdefault("pad_token_id", tok.pad_token_id)
         out: list[Answer] = []
         for start in range(0, len(samples), batch_size):
-            prompts = [self.prompt(c, images) for c, images in samples[start : start + batch_size]]
+            prompts = [self.prompt(*sample) for sample in samples[start : start + batch_size]]
             inputs = self._batch(prompts)
             ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generation)
             new = ids[:, inputs["input_ids"].shape[1] :]
@@ -155,6 +164,10 @@ class Predictor:
             batch["pixel_values"] = torch.cat([p.pixel_values for p in with_images])
             if with_images[0].image_grid_thw is not None:
                 batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in with_images])
+        for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+            values = [getattr(p, key) for p in prompts if getattr(p, key) is not None]
+            if values:
+                batch[key] = torch.cat(values)
         dtype = next(self.model.parameters()).dtype
         return {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
 

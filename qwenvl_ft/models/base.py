@@ -467,8 +467,49 @@ class ModelFamily:
             out.append(from_family_coords(coords, image_size, resized, self.boxes.coords))
         return out
 
+    def labelled_boxes(
+        self, text: str, image_size: tuple[int, int], resized: tuple[int, int]
+    ) -> list[tuple[str | None, tuple[float, float, float, float]]]:
+        """Every box in `text` with the referring text it answers (None: none found), in pixels.
+
+        The label is a JSON object's "label" around the box (Qwen3-VL's grounding answers), else the
+        last referring expression before it (a delimited ref style: `<ref>..</ref>`), else the plain
+        text since the previous box or line break (`red square [x1, y1, x2, y2]`)."""
+        prefix, _, suffix = self.boxes.ref.partition("{}")
+        refs = []
+        if prefix and suffix:
+            refs = [
+                (m.end(), m.group(1).strip())
+                for m in re.finditer(re.escape(prefix) + r"(.*?)" + re.escape(suffix), text, re.S)
+            ]
+        out, previous = [], 0
+        for box, m in zip(
+            self.parse_boxes(text, image_size, resized),
+            re.finditer(self.boxes.box_pattern, text),
+            strict=True,
+        ):
+            label = _json_label(text, m.start(), m.end(), previous)
+            if label is None and refs:
+                label = next((t for end, t in reversed(refs) if end <= m.start()), None)
+            elif label is None:
+                before = re.split(r"[\n]", text[previous : m.start()])[-1]
+                label = re.sub(r"[\s{}\[\]\",:]+", " ", before).strip(" .;-") or None
+            out.append((label or None, box))
+            previous = m.end()
+        return out
+
     def __repr__(self) -> str:
         return f"<family {self.name}>"
+
+
+def _json_label(text: str, start: int, end: int, previous: int) -> str | None:
+    """The "label" of the JSON object that holds the box at text[start:end], if it is one."""
+    open_ = text.rfind("{", previous, start)
+    close = text.find("}", end)
+    if open_ < 0 or close < 0:
+        return None
+    m = re.search(r'"label"\s*:\s*"([^"]*)"', text[open_ : close + 1])
+    return m.group(1).strip() if m else None
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
