@@ -230,6 +230,9 @@ class QuantConfig:
 
 @dataclass
 class TrainConfig:
+    method: Literal["sft", "dpo", "grpo"] = "sft"
+    """sft: supervised answers; dpo: chosen/rejected pairs (the `dpo:` section); grpo: sampled
+    answers scored by rewards."""
     mode: Literal["full", "lora", "qlora"] = "lora"
     freeze_vision: bool = True
     """Keep the vision tower frozen (the default for every generation)."""
@@ -278,6 +281,8 @@ class TrainConfig:
             raise ConfigError(f"'train.max_steps' must be -1 (use epochs) or positive, got {self.max_steps}")
         if self.deepspeed and self.fsdp:
             raise ConfigError("'train.deepspeed' and 'train.fsdp' are two engines: choose one")
+        if self.method == "grpo":
+            raise ConfigError("'train.method: grpo' is not implemented yet; use 'sft' or 'dpo'")
         if self.freeze_vision and self.vision_lr is not None:
             raise ConfigError(
                 "'train.vision_lr' is set but the vision tower is frozen ('train.freeze_vision: true')"

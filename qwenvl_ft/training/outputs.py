@@ -60,6 +60,7 @@ def run_metadata(cfg: RecipeConfig, family_name: str, is_base: bool) -> dict:
         "qwenvl_ft_version": __version__,
         "family": family_name,
         "base_model": str(Path(cfg.model.path).resolve()),
+        "method": cfg.train.method,
         "mode": cfg.train.mode,
         "is_base": is_base,
         "dtype": cfg.model.dtype,
