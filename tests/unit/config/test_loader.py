@@ -43,7 +43,7 @@ def test_unknown_key_names_file_key_and_valid_keys(tmp_path):
         load_recipe(path)
     msg = str(e.value)
     assert msg.startswith(f"{path}: unknown key 'train.lerning_rate' (did you mean 'train.learning_rate'?)")
-    assert "valid keys in train: mode, freeze_vision," in msg
+    assert "valid keys in train: method, mode, freeze_vision," in msg
 
 
 def test_unknown_section(tmp_path):
