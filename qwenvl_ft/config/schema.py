@@ -9,7 +9,7 @@ section's `validate()`, and rules across sections in `RecipeConfig.validate()`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 Dtype = Literal["bf16", "fp16", "fp32"]
@@ -326,6 +326,28 @@ class EvalConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Direct preference optimisation (`train.method: dpo`) on chosen / rejected answer pairs.
+
+    The reference is the frozen starting model: with LoRA / Q-LoRA the same model with the adapter
+    switched off (no second copy in memory); with full fine-tuning a frozen copy, sharded like the
+    policy under ZeRO-3.
+    """
+
+    beta: float = 0.1
+    """Strength of the pull towards the reference: higher keeps the policy closer to it."""
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """sigmoid: DPO's -log sigmoid(beta * margin); ipo: (margin per token - 1 / (2 beta))^2."""
+    sft_weight: float = 0.0
+    """Weight of an SFT term (mean token cross-entropy of the chosen answer) added to the loss; 0: none."""
+
+    def validate(self) -> None:
+        require_positive("dpo", self, "beta")
+        if self.sft_weight < 0:
+            raise ConfigError(f"'dpo.sft_weight' must be >= 0, got {self.sft_weight}")
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -334,10 +356,16 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def validate(self) -> None:
-        for section in (self.model, self.data, self.lora, self.quant, self.train, self.output, self.eval):
+        for section in (getattr(self, f.name) for f in fields(self)):  # every section, in order
             section.validate()
+        if self.train.method == "dpo" and (self.data.packing or self.eval.generate):
+            raise ConfigError(
+                "'train.method: dpo' trains on answer pairs: 'data.packing' and 'eval.generate' are for "
+                "sft (the eval pairs are scored by rewards/accuracies instead)"
+            )
         if (self.eval.generate or self.eval.best_metric) and not self.data.eval:
             raise ConfigError("'eval.generate' and 'eval.best_metric' need held-out data in 'data.eval'")
         if (
