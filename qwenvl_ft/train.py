@@ -4,7 +4,8 @@
     torchrun --nproc_per_node 8 -m qwenvl_ft train recipes/qwen2_5_vl/7b_lora.yaml
 
 `train(cfg)` reads top to bottom: check the data (before the model is loaded, so a data error
-costs seconds), build the model for the mode, run the Hugging Face Trainer, save.
+costs seconds), build the model for the mode, run the Hugging Face Trainer, save. `train.method`
+other than sft branches off once the processor is set up, to a function that reads the same way.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def train(cfg: RecipeConfig) -> TrainResult:
     processor.video_config = cfg.data.video
     processor.thinking = cfg.data.thinking
     processor.image_decode = cfg.data.image_decode
+    if cfg.train.method == "dpo":  # chosen / rejected answer pairs: training/dpo.py
+        from .training.dpo import run_dpo
+
+        return run_dpo(cfg, family, processor, out, resume)
 
     dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
     eval_set = None

@@ -1,5 +1,5 @@
 """`qwenvl-ft data check DATA... [--model DIR | --family F]`: verify every sample before training.
-`qwenvl-ft data synth OUT_DIR [--count N] [--seed S] [--held-out]`: write the synthetic grounding task.
+`qwenvl-ft data synth OUT_DIR [--count N] [--seed S] [--held-out] [--pairs]`: write the synthetic grounding task.
 
 Checks syntax, role order, empty assistant turns, missing / unreadable / corrupt images,
 placeholders that don't match the images, boxes off the image or with x1 >= x2, and exact token
@@ -70,6 +70,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-decode", action="store_true", help="read image headers only (faster; misses corrupt pixel data)"
     )
     c.add_argument("--limit", type=int, default=50, help="problems listed per kind (default 50)")
+    c.add_argument(
+        "--pairs",
+        action="store_true",
+        help="the data are DPO pairs (chosen / rejected answers; data/pairs.py): check them as pairs",
+    )
     c.set_defaults(func=check)
     s = actions.add_parser(
         "synth",
@@ -85,6 +90,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--held-out", action="store_true", help="draw only the held-out combinations (an evaluation set)"
     )
+    s.add_argument(
+        "--pairs",
+        action="store_true",
+        help="write DPO pairs instead: the correct box chosen, a box in another cell rejected",
+    )
     s.set_defaults(func=synth)
 
 
@@ -97,16 +107,22 @@ def check(args: argparse.Namespace) -> int:
     )
     processor.video_config.validate()
     processor.thinking = args.thinking
-    _, report = check_specs(
-        [DatasetSpec(path=p, format=args.format, image_root=args.image_root) for p in args.data],
-        processor,
-        max_length=args.max_length,
-        overlength=args.overlength,
-        supervise=args.supervise,
-        allow_urls=args.allow_urls,
-        decode=not args.no_decode,
-        cache_dir=None,
-    )
+    specs = [DatasetSpec(path=p, format=args.format, image_root=args.image_root) for p in args.data]
+    if args.pairs:
+        from ..data.pairs import check_pair_specs
+
+        _, report = check_pair_specs(specs, processor, args.max_length, args.allow_urls, progress=False)
+    else:
+        _, report = check_specs(
+            specs,
+            processor,
+            max_length=args.max_length,
+            overlength=args.overlength,
+            supervise=args.supervise,
+            allow_urls=args.allow_urls,
+            decode=not args.no_decode,
+            cache_dir=None,
+        )
     print(
         f"{processor.family.title}, max_length {args.max_length}, pixels [{processor.min_pixels}, "
         f"{processor.max_pixels}]"
@@ -118,10 +134,12 @@ def check(args: argparse.Namespace) -> int:
 
 def synth(args: argparse.Namespace) -> int:
     from ..data.synthetic import write_grounding_set
+    from ..data.synthetic_pairs import write_pair_set
 
-    path = write_grounding_set(args.out_dir, args.count, args.seed, heldout=args.held_out)
-    kind = "held-out" if args.held_out else "training"
-    print(f"wrote {path} ({args.count} {kind} samples, seed {args.seed})")
+    write = write_pair_set if args.pairs else write_grounding_set
+    path = write(args.out_dir, args.count, args.seed, heldout=args.held_out)
+    kind = ("held-out" if args.held_out else "training") + (" pairs" if args.pairs else " samples")
+    print(f"wrote {path} ({args.count} {kind}, seed {args.seed})")
     return 0
 
 

@@ -295,17 +295,23 @@ def check_specs(
     """`check_sources` over datasets still to open: a file that cannot be read at all (bad JSON or
     UTF-8 in a .json list, a corrupt parquet file, a missing path) is an error at the file, and the
     check goes on with the others. Returns the sources that opened and the report."""
+    sources, unreadable = open_sources(specs)
+    report = check_sources(sources, processor, **kwargs)
+    report.errors[:0] = unreadable
+    return sources, report
+
+
+def open_sources(specs: list[DatasetSpec], kind: type[Source] = Source) -> tuple[list[Source], list[Problem]]:
+    """The datasets that open as `kind`, and a problem at each file that cannot be read at all."""
     sources, unreadable = [], []
     for spec in specs:
         try:
-            sources.append(Source(spec))
+            sources.append(kind(spec))
         except DataError as e:
             unreadable.append(Problem(e.where or str(spec.path), e.what))
         except Exception as e:  # datasets / pyarrow errors on a broken file
             unreadable.append(Problem(str(spec.path), error_message(e)))
-    report = check_sources(sources, processor, **kwargs)
-    report.errors[:0] = unreadable
-    return sources, report
+    return sources, unreadable
 
 
 def error_message(e: BaseException) -> str:

@@ -54,16 +54,19 @@ class Source:
 
     def conversation(self, i: int) -> Conversation:
         """The i-th sample; any failure is a `DataError` whose message starts with its location."""
+        record, where = self.record(i)
+        return to_conversation(record, where, self.spec.format, self.base)
+
+    def record(self, i: int) -> tuple[Any, str]:
+        """The i-th raw record and its location; a `DataError` when it cannot be read."""
         try:
             if self._jsonl is not None:
-                record, where = self._jsonl.record(i)
-            else:
-                record, where = self._records[i], self.where(i)
+                return self._jsonl.record(i)
+            return self._records[i], self.where(i)
         except DataError:
             raise
         except Exception as e:  # the file changed or vanished since it was indexed; a broken arrow row
             raise DataError(f"cannot read the sample ({type(e).__name__}: {e})", self.where(i)) from None
-        return to_conversation(record, where, self.spec.format, self.base)
 
     def fingerprint(self) -> list:
         """What identifies this source's content for caching: paths, sizes and modification times."""

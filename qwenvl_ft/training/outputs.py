@@ -96,29 +96,50 @@ class DescribeCheckpoints(TrainerCallback):
 
 def plot_loss(history: list[dict], path: Path, size: tuple[int, int] = (640, 400)) -> Path | None:
     """A PNG of training loss against step (PIL only, no plotting library)."""
-    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    if len(points) < 2:
+    return plot_series(history, ("loss",), path, "training loss", size)
+
+
+SERIES_COLOURS = [(30, 90, 200), (200, 60, 40), (40, 150, 70), (150, 70, 170), (200, 140, 20)]
+
+
+def plot_series(
+    history: list[dict], keys: tuple[str, ...], path: Path, title: str, size: tuple[int, int] = (640, 400)
+) -> Path | None:
+    """A PNG of several logged values against step, one colour each (e.g. DPO or GRPO rewards).
+
+    Only training log lines count (those with `loss`); None when no key has two points.
+    """
+    series = {
+        key: [(h["step"], h[key]) for h in history if key in h and "loss" in h and "step" in h]
+        for key in keys
+    }
+    series = {k: v for k, v in series.items() if len(v) >= 2}
+    if not series:
         return None
     w, h = size
-    left, right, top, bottom = 60, 20, 30, 40
+    left, right, top, bottom = 60, 20, 30 + 14 * len(series), 40
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    steps, losses = [p[0] for p in points], [p[1] for p in points]
-    lo, hi = min(losses), max(losses)
-    span_s, span_l = max(steps[-1] - steps[0], 1), max(hi - lo, 1e-9)
+    steps = [s for points in series.values() for s, _ in points]
+    values = [v for points in series.values() for _, v in points]
+    s0, s1, lo, hi = min(steps), max(steps), min(values), max(values)
+    span_s, span_v = max(s1 - s0, 1), max(hi - lo, 1e-9)
 
-    def xy(step: float, loss: float) -> tuple[float, float]:
+    def xy(step: float, value: float) -> tuple[float, float]:
         return (
-            left + (step - steps[0]) / span_s * (w - left - right),
-            top + (hi - loss) / span_l * (h - top - bottom),
+            left + (step - s0) / span_s * (w - left - right),
+            top + (hi - value) / span_v * (h - top - bottom),
         )
 
     draw.rectangle([left, top, w - right, h - bottom], outline=(160, 160, 160))
-    draw.line([xy(s, v) for s, v in points], fill=(30, 90, 200), width=2)
-    draw.text((left, 8), f"training loss: {losses[0]:.3f} -> {losses[-1]:.3f}", fill="black")
+    draw.text((left, 4), title, fill="black")
+    for k, (key, points) in enumerate(series.items()):
+        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
+        draw.line([xy(s, v) for s, v in points], fill=colour, width=2)
+        draw.text((left, 18 + 14 * k), f"{key}: {points[0][1]:.3f} -> {points[-1][1]:.3f}", fill=colour)
     draw.text((4, top), f"{hi:.2f}", fill="black")
     draw.text((4, h - bottom - 10), f"{lo:.2f}", fill="black")
-    draw.text((left, h - bottom + 6), f"step {steps[0]}", fill="black")
-    draw.text((w - right - 60, h - bottom + 6), f"step {steps[-1]}", fill="black")
+    draw.text((left, h - bottom + 6), f"step {s0}", fill="black")
+    draw.text((w - right - 60, h - bottom + 6), f"step {s1}", fill="black")
     image.save(path)
     return path
