@@ -15,7 +15,7 @@ PY=${PYTHON:-python3}
 MODE=latest
 if [ "${1:-}" = "--oldest" ]; then MODE=oldest; shift; fi
 [ "${1:-}" = "--" ] && shift
-EXTRAS=(dev qlora gptq deepspeed tensorboard demo)   # the same extras as scripts/setup_env.sh
+EXTRAS=(dev qlora gptq deepspeed tensorboard demo rl)   # the same extras as scripts/setup_env.sh
 VENV=.venv-check-$MODE
 LOG=$VENV/check.log
 TORCH=$(grep -E '^torch==' scripts/constraints-cpu.txt)
