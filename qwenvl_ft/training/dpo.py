@@ -129,6 +129,16 @@ def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     return logps.index_add(0, rows, picked), mask.sum(dim=1)
 
 
+def reference_logps(policy, reference, batch: dict[str, torch.Tensor], unwrap=None) -> torch.Tensor:
+    """Answer log-probs under the reference, without gradients: `reference` when there is a frozen
+    copy (full fine-tuning), else the policy with its LoRA adapter switched off."""
+    with torch.no_grad():
+        if reference is not None:
+            return answer_logps(reference, batch)[0]
+        with (unwrap(policy) if unwrap else policy).disable_adapter():
+            return answer_logps(policy, batch)[0]
+
+
 def dpo_loss(
     policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor, cfg: DPOConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -194,14 +204,8 @@ class DPOTrainer(VLTrainer):
         missing = self.media_kinds - ("pixel_values" in inputs) - ("pixel_values_videos" in inputs)
         self.keepalive.expect(missing)
         policy, counts = answer_logps(model, inputs)
-        with torch.no_grad():
-            if self.reference is None:  # LoRA: the same weights with the adapter switched off
-                self.keepalive.expect(missing)
-                with self.accelerator.unwrap_model(model).disable_adapter():
-                    reference, _ = answer_logps(model, inputs)
-            else:
-                self.reference_keepalive.expect(missing)
-                reference, _ = answer_logps(self.reference, inputs)
+        (self.keepalive if self.reference is None else self.reference_keepalive).expect(missing)
+        reference = reference_logps(model, self.reference, inputs, self.accelerator.unwrap_model)
         loss, metrics = dpo_loss(policy, reference, counts, self.dpo)
         mode = "train" if model.training else "eval"
         for key, value in metrics.items():

@@ -1,0 +1,132 @@
+"""DPO against independent computations: the loss and the answer log-probs on a tiny batch equal a
+hand computation from a plain forward per row; with LoRA the reference log-probs are the base
+model's (loaded separately), and differ from the adapted policy's."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qwenvl_ft.config import DatasetSpec
+from qwenvl_ft.config.schema import DPOConfig
+from qwenvl_ft.data.pairs import PairCollator, PairSource, encode_pair
+from qwenvl_ft.data.synthetic_pairs import write_pair_set
+from qwenvl_ft.models import get_family
+from qwenvl_ft.models.tiny import make_tiny
+from qwenvl_ft.training.dpo import answer_logps, dpo_loss, reference_logps
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two different tiny Qwen3-VL models (policy, reference), their processor and a batch of 3 pairs."""
+    root = tmp_path_factory.mktemp("dpo")
+    family = get_family("qwen3_vl")
+    for name, seed in (("policy", 0), ("reference", 1)):
+        make_tiny(family, root / name, real_vocab=False, seed=seed, min_pixels=9216, max_pixels=9216)
+    path = write_pair_set(root / "pairs", 3, seed=5)
+    processor = family.load_processor(str(root / "policy"))
+    source = PairSource(DatasetSpec(path=str(path)))
+    encoded = []
+    for i in range(len(source)):
+        pair = source.pair(i)
+        images = [
+            processor.load_image(s.value) for t in pair.chosen.turns for s in t.segments if s.kind == "image"
+        ]
+        encoded.append(encode_pair(pair, processor, images))
+    batch = PairCollator(processor.tokenizer.pad_token_id)(encoded)  # padded rows: chosen, then rejected
+    models = {
+        n: family.load_model(str(root / n), dtype=torch.float32).eval() for n in ("policy", "reference")
+    }
+    return family, root, batch, models, encoded
+
+
+def hand_logps(model, batch) -> list[float]:
+    """Each row alone, unpadded, through a plain forward; sum log_softmax at the supervised targets."""
+    out = []
+    n_pairs = batch["input_ids"].shape[0] // 2
+    per_image = (
+        batch["pixel_values"].shape[0] // batch["image_grid_thw"].shape[0]
+    )  # one image per row, one size
+    for row in range(batch["input_ids"].shape[0]):
+        n = int(batch["attention_mask"][row].sum())
+        pair = row % n_pairs
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"][row : row + 1, :n],
+                attention_mask=batch["attention_mask"][row : row + 1, :n],
+                mm_token_type_ids=batch["mm_token_type_ids"][row : row + 1, :n],
+                pixel_values=batch["pixel_values"][pair * per_image : (pair + 1) * per_image],
+                image_grid_thw=batch["image_grid_thw"][pair : pair + 1],
+            ).logits[0]
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
+        labels = batch["labels"][row, :n]
+        total = 0.0
+        for t in range(1, n):
+            if labels[t] != -100:
+                total += logprobs[t - 1, labels[t]].item()  # position t-1 predicts token t
+        out.append(total)
+    return out
+
+
+def test_answer_logps_match_a_plain_forward_per_row(setup):
+    _, _, batch, models, encoded = setup
+    got, counts = answer_logps(models["policy"], batch)
+    want = hand_logps(models["policy"], batch)
+    assert got.tolist() == pytest.approx(want, rel=1e-4, abs=1e-4)
+    answers = [len([x for x in e.chosen_labels if x != -100]) for e in encoded]
+    answers += [len([x for x in e.rejected_labels if x != -100]) for e in encoded]
+    assert counts.tolist() == answers
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_loss_equals_hand_computation(setup, loss_type):
+    _, _, batch, models, _ = setup
+    cfg = DPOConfig(beta=0.3, loss_type=loss_type, sft_weight=0.5)
+    policy, counts = answer_logps(models["policy"], batch)
+    reference = reference_logps(models["policy"], models["reference"], batch)
+    loss, metrics = dpo_loss(policy, reference, counts, cfg)
+
+    pol, ref = hand_logps(models["policy"], batch), hand_logps(models["reference"], batch)
+    n = counts.tolist()
+    b = len(pol) // 2
+    losses, rewards = [], []
+    for i in range(b):
+        rc, rr = pol[i] - ref[i], pol[b + i] - ref[b + i]  # log-ratios of chosen and rejected
+        if loss_type == "sigmoid":
+            z = 0.3 * (rc - rr)
+            dpo = math.log(1 + math.exp(-z))  # -log sigmoid(z)
+        else:
+            dpo = (rc / n[i] - rr / n[b + i] - 1 / (2 * 0.3)) ** 2
+        losses.append(dpo + 0.5 * (-pol[i] / n[i]))
+        rewards.append((0.3 * rc, 0.3 * rr))
+    assert loss.item() == pytest.approx(sum(losses) / b, rel=1e-4)
+    assert metrics["rewards/chosen"].tolist() == pytest.approx([r[0] for r in rewards], rel=1e-4, abs=1e-5)
+    assert metrics["rewards/rejected"].tolist() == pytest.approx([r[1] for r in rewards], rel=1e-4, abs=1e-5)
+    margins = [r[0] - r[1] for r in rewards]
+    assert metrics["rewards/margins"].tolist() == pytest.approx(margins, rel=1e-4, abs=1e-5)
+    assert metrics["rewards/accuracies"].tolist() == [float(m > 0) for m in margins]
+    assert any(m != 0 for m in margins)  # the two models differ: the check is not 0 == 0
+
+
+def test_lora_reference_is_the_base_model(setup):
+    """The adapter switched off gives exactly the base model's log-probs (base loaded separately)."""
+    from peft import LoraConfig, get_peft_model
+
+    family, root, batch, _, _ = setup
+    base = family.load_model(str(root / "policy"), dtype=torch.float32).eval()
+    policy = get_peft_model(
+        family.load_model(str(root / "policy"), dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, target_modules=family.lora_target_regex, modules_to_save=["lm_head"]),
+    ).eval()
+    with torch.no_grad():  # a trained adapter: LoRA B and the saved lm_head copy moved away from the base
+        for p in policy.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    adapted = answer_logps(policy, batch)[0]
+    reference = reference_logps(policy, None, batch)
+    want = answer_logps(base, batch)[0]
+    assert reference.tolist() == pytest.approx(want.tolist(), rel=1e-5, abs=1e-5)
+    assert (adapted - want).abs().max() > 1e-2  # the adapter does change them: the comparison can fail
+    assert not reference.requires_grad
