@@ -65,6 +65,10 @@ def train(cfg: RecipeConfig) -> TrainResult:
         from .training.dpo import run_dpo
 
         return run_dpo(cfg, family, processor, out, resume)
+    if cfg.train.method == "grpo":  # answers sampled and scored by rewards: training/grpo.py
+        from .training.grpo import train_grpo
+
+        return train_grpo(cfg, family, processor, out, resume)
 
     dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
     eval_set = None

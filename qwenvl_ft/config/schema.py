@@ -281,8 +281,6 @@ class TrainConfig:
             raise ConfigError(f"'train.max_steps' must be -1 (use epochs) or positive, got {self.max_steps}")
         if self.deepspeed and self.fsdp:
             raise ConfigError("'train.deepspeed' and 'train.fsdp' are two engines: choose one")
-        if self.method == "grpo":
-            raise ConfigError("'train.method: grpo' is not implemented yet; use 'sft' or 'dpo'")
         if self.freeze_vision and self.vision_lr is not None:
             raise ConfigError(
                 "'train.vision_lr' is set but the vision tower is frozen ('train.freeze_vision: true')"
@@ -348,6 +346,70 @@ class DPOConfig:
 
 
 @dataclass
+class RewardSpec:
+    name: str = ""
+    """A built-in reward (grounding_iou, exact_match, format) or a user's 'module:function'
+    (signature: qwenvl_ft/training/rewards.py)."""
+    weight: float = 1.0
+    """Its weight in the summed reward of a completion."""
+
+
+@dataclass
+class GRPOConfig:
+    """Group relative policy optimisation (`train.method: grpo`): for each prompt (a sample's
+    conversation up to its last assistant turn, which is the reference) a group of answers is
+    sampled from the policy, scored by `rewards`, and trained on with the clipped objective."""
+
+    num_generations: int = 8
+    """Answers sampled per prompt (the group); `train.per_device_batch_size` counts prompts."""
+    max_new_tokens: int = 128
+    """Longest sampled answer; prompt + max_new_tokens must fit `data.max_length` (data check)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0: no top-k cut."""
+    beta: float = 0.0
+    """KL penalty to the starting model (LoRA: the adapter switched off); 0: no reference at all."""
+    epsilon: float = 0.2
+    """Clip range of the probability ratio: [1 - epsilon, 1 + epsilon_high]."""
+    epsilon_high: float | None = None
+    """Upper clip (DAPO's clip-higher); None: epsilon."""
+    num_iterations: int = 1
+    """Optimizer passes over each generated batch (PPO epochs, mu); above 1 the ratio leaves 1 and clips."""
+    loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "bnpo"
+    """grpo: token mean per answer, then mean over answers; bnpo: mean over every answer token of the
+    micro-batch (TRL's default 'dapo' on one process without accumulation); dr_grpo: sum over
+    answers / (answers x max_new_tokens)."""
+    scale_rewards: Literal["group", "none"] = "group"
+    """Advantages (reward - group mean) divided by the group's std (group) or not (none, Dr. GRPO)."""
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("grounding_iou")])
+    thinking: bool | None = None
+    """Thinking generations: prompts open the think block (true) or close an empty one (false);
+    None: the template's default."""
+    use_vllm: bool = False
+    """Sample the groups with vLLM (GPU only, vllm installed); see README 'GRPO'."""
+
+    def validate(self) -> None:
+        require_positive("grpo", self, "max_new_tokens", "temperature", "epsilon", "epsilon_high")
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"'grpo.num_generations' must be at least 2 (advantages compare answers within a group), "
+                f"got {self.num_generations}"
+            )
+        if not 0 < self.top_p <= 1 or self.top_k < 0 or self.beta < 0 or self.num_iterations < 1:
+            raise ConfigError(
+                "'grpo.top_p' must be in (0, 1], 'grpo.top_k' and 'grpo.beta' >= 0, 'grpo.num_iterations' >= 1"
+            )
+        if not self.rewards:
+            raise ConfigError("'grpo.rewards' needs at least one reward")
+        for r in self.rewards:
+            if not r.name:
+                raise ConfigError("every entry of 'grpo.rewards' needs a 'name'")
+            if r.weight != r.weight:  # NaN
+                raise ConfigError(f"'grpo.rewards': reward {r.name!r} has a NaN weight")
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -357,6 +419,7 @@ class RecipeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
     def validate(self) -> None:
         for section in (getattr(self, f.name) for f in fields(self)):  # every section, in order
@@ -366,6 +429,8 @@ class RecipeConfig:
                 "'train.method: dpo' trains on answer pairs: 'data.packing' and 'eval.generate' are for "
                 "sft (the eval pairs are scored by rewards/accuracies instead)"
             )
+        if self.train.method == "grpo" and self.data.packing:
+            raise ConfigError("'train.method: grpo' samples answers per prompt: 'data.packing' is for sft")
         if (self.eval.generate or self.eval.best_metric) and not self.data.eval:
             raise ConfigError("'eval.generate' and 'eval.best_metric' need held-out data in 'data.eval'")
         if (

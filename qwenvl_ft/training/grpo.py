@@ -1,0 +1,416 @@
+"""GRPO (`train.method: grpo`): sample a group of answers per prompt, score them, train on the advantage.
+
+    qwenvl-ft train recipes/qwen2_5_vl/7b_grpo_lora.yaml
+
+One optimizer step, from `GRPOTrainer.compute_loss`:
+1. rollout: each prompt of the micro-batch (encoded by `infer.Predictor.prompt`, the prompts that
+   inference uses) is repeated `grpo.num_generations` times and the policy samples an answer for
+   each with its own `generate()` (temperature / top_p / top_k), stopping at the family's stop
+   tokens (never the image / video span tokens, which the forward would take for visual features);
+   the stop token belongs to the answer (the policy learns to stop, as SFT teaches it);
+2. rewards: the answers, split from their reasoning as `predict` splits them, are scored by the
+   recipe's rewards (rewards.py); their weighted sum gives each answer its reward, and the
+   advantage is the reward minus its group's mean, divided by the group's std (`scale_rewards`);
+3. loss: per answer token, -min(r A, clip(r, 1 - eps, 1 + eps_high) A) with r the probability ratio
+   to the policy that sampled (1 unless `num_iterations` > 1, when each generated batch is trained
+   on that many times and the ratio moves), plus beta times the k3 estimate of KL to the reference
+   (the starting model: with LoRA the same model with its adapter switched off, so no second copy;
+   with full fine-tuning a frozen copy); averaged as `loss_type` says.
+
+The formulas are TRL's GRPOTrainer (`_compute_loss`, `_generate_and_score_completions`), whose
+log-probability helper (`selective_log_softmax`) is used as it is. TRL's trainer itself is not: it
+tokenizes raw prompts with a transformers processor's chat template, which would replace our
+templates, box conventions and token budgets, and the first-generation Qwen-VL has no processor.
+
+Logged every `train.logging_steps`: reward (weighted sum) and reward/<name> means, their spread
+within groups (`*_group_std`), the share of groups whose answers all scored the same
+(`frac_reward_zero_std`: no signal), completion_length, kl (beta > 0) and clip_ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Sampler
+
+from ..config.schema import GRPOConfig, RecipeConfig
+from ..infer import Predictor
+from ..models.base import ModelFamily
+from .rewards import Reward
+from .trainer import VLTrainer
+
+log = logging.getLogger("qwenvl_ft")
+
+PIXEL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[index] per position: TRL's memory-lean implementation (the `rl` extra)."""
+    try:
+        from trl.trainer.utils import selective_log_softmax as trl_selective_log_softmax
+    except ImportError:
+        raise ImportError(
+            "train.method: grpo needs TRL: pip install 'qwenvl-ft[rl]' (or pip install trl)"
+        ) from None
+    return trl_selective_log_softmax(logits, index)
+
+
+def group_advantages(rewards: torch.Tensor, group: int, scale: bool = True) -> torch.Tensor:
+    """(reward - its group's mean), divided by the group's std (Bessel-corrected, + 1e-4) when `scale`.
+
+    rewards: (prompts x group,), each prompt's group consecutive."""
+    grouped = rewards.view(-1, group)
+    advantages = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        advantages = advantages / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    return advantages.reshape(-1)
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon: float,
+    epsilon_high: float,
+    beta: float = 0.0,
+    ref_logps: torch.Tensor | None = None,
+    loss_type: str = "bnpo",
+    max_new_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped GRPO objective over answer tokens, and its statistics (kl, clip_ratio).
+
+    logps, old_logps, ref_logps, mask: (answers, tokens); advantages: (answers,).
+    """
+    ratio = torch.exp(logps - old_logps)
+    adv = advantages.unsqueeze(1)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    stats: dict[str, float] = {}
+    n_tokens = mask.sum().clamp(min=1.0)
+    if beta:
+        diff = ref_logps - logps
+        kl = torch.exp(diff) - diff - 1  # k3: unbiased, always >= 0
+        per_token = per_token + beta * kl
+        stats["kl"] = ((kl * mask).sum() / n_tokens).item()
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+    elif loss_type == "bnpo":
+        loss = (per_token * mask).sum() / n_tokens
+    elif loss_type == "dr_grpo":
+        loss = (per_token * mask).sum() / (per_token.size(0) * max_new_tokens)
+    else:
+        raise ValueError(f"unknown GRPO loss_type {loss_type!r}")
+    # TRL's clip ratio: tokens where the clipped term is the one taken (the gradient is cut).
+    cut = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
+    stats["clip_ratio"] = ((cut.float() * mask).sum() / n_tokens).item()
+    return loss, stats
+
+
+@dataclass
+class Rollout:
+    """One micro-batch's sampled answers, ready for the loss (rows: prompt-major, group-minor)."""
+
+    inputs: dict[str, torch.Tensor]
+    """Model inputs of prompt + answer: input_ids, attention_mask, mm_token_type_ids, pixel tensors."""
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    advantages: torch.Tensor
+    old_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+
+
+class RepeatBlocks(Sampler):
+    """Each block of `block` shuffled indices yielded `repeats` times in a row (`grpo.num_iterations`):
+    the same prompts come back for the same micro-batches, whose rollouts the trainer then reuses."""
+
+    def __init__(self, size: int, block: int, repeats: int, seed: int):
+        self.size, self.block, self.repeats, self.seed, self.epoch = size, block, repeats, seed, 0
+
+    def __len__(self) -> int:
+        return self.size * self.repeats
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(self.size, generator=g).tolist()
+        for start in range(0, self.size, self.block):
+            for _ in range(self.repeats):
+                yield from order[start : start + self.block]
+
+
+class GRPOTrainer(VLTrainer):
+    """VLTrainer whose loss is GRPO's over answers sampled inside the step (module docstring)."""
+
+    def __init__(
+        self,
+        *args,
+        grpo: GRPOConfig,
+        rewards: list[Reward],
+        predictor: Predictor,
+        ref_model: torch.nn.Module | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.grpo, self.rewards, self.predictor, self.ref_model = grpo, rewards, predictor, ref_model
+        self.epsilon_high = grpo.epsilon_high if grpo.epsilon_high is not None else grpo.epsilon
+        self._rollouts: dict[tuple[int, ...], Rollout] = {}
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.grpo.num_iterations == 1:
+            return super()._get_train_sampler(train_dataset)
+        a = self.args
+        block = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+        return RepeatBlocks(len(self.train_dataset), block, self.grpo.num_iterations, a.seed)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        key = tuple(item["index"] for item in inputs)
+        rollout = self._rollouts.get(key)
+        if rollout is None:
+            if len(self._rollouts) >= self.args.gradient_accumulation_steps:
+                self._rollouts.clear()  # a new block of prompts: the old rollouts are spent
+            rollout = self._rollout(model, inputs)
+            if self.grpo.num_iterations > 1:
+                self._rollouts[key] = rollout
+        self._tokens += rollout.inputs["attention_mask"].sum()
+        self.keepalive.expect(
+            self.media_kinds - ("pixel_values" in rollout.inputs) - ("pixel_values_videos" in rollout.inputs)
+        )
+        logps = self._logps(model, rollout)
+        old = rollout.old_logps if rollout.old_logps is not None else logps.detach()
+        loss, stats = grpo_loss(
+            logps,
+            old,
+            rollout.advantages,
+            rollout.completion_mask,
+            self.grpo.epsilon,
+            self.epsilon_high,
+            self.grpo.beta,
+            rollout.ref_logps,
+            self.grpo.loss_type,
+            self.grpo.max_new_tokens,
+        )
+        for name, value in stats.items():
+            self._metrics[name].append(value)
+        return (loss, None) if return_outputs else loss
+
+    # -- rollout -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _rollout(self, model, items: list[dict]) -> Rollout:
+        g = self.grpo
+        policy = self.accelerator.unwrap_model(model)
+        self.predictor.model = policy
+        prompts = [item["prompt"] for item in items for _ in range(g.num_generations)]
+        batch = self.predictor._batch(prompts)
+        was_training = policy.training
+        policy.eval()
+        try:
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            out = policy.generate(
+                **batch,
+                do_sample=True,
+                temperature=g.temperature,
+                top_p=g.top_p,
+                top_k=g.top_k,
+                max_new_tokens=g.max_new_tokens,
+                eos_token_id=self.predictor._stop_ids(),
+                pad_token_id=self.predictor.processor.tokenizer.pad_token_id,
+                use_cache=True,
+                synced_gpus=is_deepspeed_zero3_enabled(),
+                suppress_tokens=self._media_ids(),
+            )
+        finally:
+            policy.train(was_training)
+        completion = out[:, batch["input_ids"].shape[1] :]
+        mask = completion_mask(completion, self.predictor._stop_ids())
+        texts = [self.predictor._text(row) for row in completion.tolist()]
+        advantages = self._score(items, texts, mask)
+        inputs = {
+            "input_ids": torch.cat([batch["input_ids"], completion], dim=1),
+            "attention_mask": torch.cat([batch["attention_mask"], mask.long()], dim=1),
+            "mm_token_type_ids": torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], dim=1),
+            **{k: batch[k] for k in PIXEL_KEYS if k in batch},
+        }
+        rollout = Rollout(inputs, completion, mask.to(torch.float32), advantages.to(completion.device))
+        if g.num_iterations > 1:  # the sampling policy's log-probabilities, before this batch's updates
+            rollout.old_logps = self._logps(model, rollout)
+        if g.beta:
+            rollout.ref_logps = self._ref_logps(policy, rollout)
+        return rollout
+
+    def _media_ids(self) -> list[int]:
+        """Image / video span tokens, never sampled: the forward would take one in an answer for a
+        visual feature that does not exist (features and image tokens would not match)."""
+        chat = self.family.chat
+        tokens = [t for t in (chat.image_open, chat.image_pad, chat.image_close, chat.video_pad) if t]
+        return self.predictor.processor.tokenizer.convert_tokens_to_ids(tokens)
+
+    def _score(self, items: list[dict], texts: list[str], mask: torch.Tensor) -> torch.Tensor:
+        """Rewards of the answers (logged per reward and in sum), as group-relative advantages."""
+        g = self.grpo.num_generations
+        opened = self.family.thinking and self.family.generation_prompt(self.predictor.thinking).endswith(
+            self.family.chat.think.open + "\n"
+        )
+        answers = [self.predictor.split(t) for t in texts]
+        samples = [
+            dict(items[k // g]["sample"], reasoning=a.reasoning, raw=t, think_opened=bool(opened))
+            for k, (a, t) in enumerate(zip(answers, texts, strict=True))
+        ]
+        refs = [s["reference"] for s in samples]
+        scores = torch.tensor(
+            [reward([a.text for a in answers], refs, samples) for reward in self.rewards], dtype=torch.float32
+        ).T  # (answers, rewards)
+        weights = torch.tensor([r.weight for r in self.rewards], dtype=torch.float32)
+        total = scores @ weights
+        for j, reward in enumerate(self.rewards):
+            self._metrics[f"reward/{reward.name}"].append(scores[:, j].mean().item())
+            self._metrics[f"reward/{reward.name}_group_std"].append(
+                scores[:, j].view(-1, g).std(1).mean().item()
+            )
+        std = total.view(-1, g).std(1)
+        self._metrics["reward"].append(total.mean().item())
+        self._metrics["reward_group_std"].append(std.mean().item())
+        self._metrics["frac_reward_zero_std"].append((std < 1e-6).float().mean().item())
+        self._metrics["completion_length"].append(mask.sum(1).float().mean().item())
+        return group_advantages(total, g, self.grpo.scale_rewards == "group")
+
+    def _logps(self, model, rollout: Rollout) -> torch.Tensor:
+        """Per-token log-probabilities of the answers under `model` at the sampling temperature."""
+        n = rollout.completion_ids.shape[1]
+        out = model(**rollout.inputs, logits_to_keep=n + 1, use_cache=False)
+        logits = out.logits[:, :-1] / self.grpo.temperature  # position t predicts answer token t
+        return selective_log_softmax(logits, rollout.completion_ids)
+
+    def _ref_logps(self, policy, rollout: Rollout) -> torch.Tensor:
+        if self.ref_model is not None:
+            return self._logps(self.ref_model, rollout)
+        with policy.disable_adapter():  # LoRA / Q-LoRA: the base model is the reference
+            return self._logps(policy, rollout)
+
+    # -- evaluation and logs ---------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Task metrics of generated answers on `data.eval` (GRPO has no eval loss)."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        scores = self.task_eval(self._base_model(self.model), synced_gpus=is_deepspeed_zero3_enabled())
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in scores.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metrics:
+            logs.update({k: round(sum(v) / len(v), 4) for k, v in self._metrics.items()})
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+def completion_mask(completion: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """1 on each answer's tokens up to and including its first stop token (all of it when none)."""
+    is_stop = torch.isin(completion, torch.tensor(stop_ids, device=completion.device))
+    first = torch.where(is_stop.any(1), is_stop.int().argmax(1), completion.shape[1] - 1)
+    return (torch.arange(completion.shape[1], device=completion.device)[None] <= first[:, None]).long()
+
+
+def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, resume: Path | None):
+    """`train(cfg)` for `train.method: grpo`: check the prompts, build the model, train, save."""
+    from ..data.check import check_specs, format_report
+    from ..data.dataset import CACHE_DIR
+    from ..data.readers import DataError
+    from ..data.sources import Source, mix
+    from ..train import TrainResult, is_main_process, training_arguments
+    from .grpo_data import PromptDataset, as_list, check_prompts
+    from .outputs import DescribeCheckpoints, describe, plot_loss, plot_series, run_metadata
+    from .rewards import load_rewards
+    from .setup import adapt, load_model, resolve_is_base, upcast_trainable
+    from .task_eval import TaskEval
+
+    check_vllm(cfg.grpo)
+    rewards = load_rewards(cfg.grpo.rewards)  # a bad 'module:function' fails before the data check
+    datasets = {}
+    for split in ("train", "eval") if cfg.data.eval else ("train",):
+        sources, report = check_specs(
+            getattr(cfg.data, split),
+            processor,
+            max_length=cfg.data.max_length,
+            overlength=cfg.data.overlength,
+            supervise=cfg.data.supervise,
+            allow_urls=cfg.data.allow_urls,
+            cache_dir=CACHE_DIR,
+            progress=is_main_process() and split == "train",
+        )
+        report = check_prompts(cfg, sources, report, processor)
+        text = format_report(report, cfg.data.max_length, limit=20)
+        if not report.ok or not report.plan:
+            raise DataError(f"the GRPO data check of data.{split} failed:\n{text}")
+        log.info(f"GRPO data check ({split}):\n{text}")
+        planned = {(p.source, p.index): p for p in report.plan}
+        items = [planned[key] for key in mix(sources, cfg.train.seed) if key in planned]
+        datasets[split] = PromptDataset(sources, items, processor, cfg.grpo.thinking, cfg.data.allow_urls)
+
+    args = training_arguments(cfg, out)
+    is_base = resolve_is_base(cfg)
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)
+    model = adapt(load_model(cfg, family), cfg, family, is_base)
+    if cfg.model.dtype != "fp32" and not cfg.train.deepspeed:
+        upcast_trainable(model)
+    ref_model = None
+    if cfg.grpo.beta and cfg.train.mode == "full":  # LoRA's reference is the adapter switched off
+        ref_model = load_model(cfg, family).to(args.device).eval().requires_grad_(False)
+    meta = run_metadata(cfg, family.name, is_base)
+    trainer = GRPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("eval"),
+        data_collator=as_list,
+        family=family,
+        vision_lr=cfg.train.vision_lr,
+        merger_lr=cfg.train.merger_lr,
+        media_kinds=1,
+        task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, family)
+        if cfg.data.eval
+        else None,
+        callbacks=[DescribeCheckpoints(meta, cfg, processor)],
+        grpo=cfg.grpo,
+        rewards=rewards,
+        predictor=Predictor(None, processor, family, cfg.grpo.thinking),
+        ref_model=ref_model,
+    )
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.save_model(str(out))
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        describe(out, meta, cfg, processor)
+        curves = [plot_loss(trainer.state.log_history, out / "loss.png")]
+        keys = ("reward", *(f"reward/{r.name}" for r in rewards)) if len(rewards) > 1 else ("reward",)
+        curves.append(
+            plot_series(trainer.state.log_history, keys, out / "rewards.png", "GRPO rewards (mean)")
+        )
+        shown = ", ".join(str(c) for c in curves if c)
+        log.info(f"done: outputs in {out.resolve()}" + (f", curves {shown}" if shown else ""))
+    return TrainResult(out, trainer.model, trainer.state.log_history)
+
+
+def check_vllm(g: GRPOConfig) -> None:
+    """`grpo.use_vllm` needs a CUDA GPU and vllm; refused here, before anything loads."""
+    if not g.use_vllm:
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError("'grpo.use_vllm: true' needs a CUDA GPU; on CPU the policy's generate() samples")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise RuntimeError("'grpo.use_vllm: true' but vllm is not installed: pip install vllm") from None
+    raise NotImplementedError(
+        "'grpo.use_vllm: true': vLLM rollouts are not wired in this version; set it to false "
+        "(the policy's own generate() samples the groups)"
+    )
