@@ -80,3 +80,6 @@ echo "  loss curve:        $PWD/$OUT/lora/loss.png"
 echo "  merged model:      $PWD/$OUT/merged   (loads with transformers alone: Qwen3VLForConditionalGeneration.from_pretrained)"
 echo "  held-out boxes:    $PWD/$OUT/heldout_boxes.png   (3 held-out images, before | after; green reference, red prediction)"
 echo "  eval reports:      $PWD/$OUT/eval_before.json, $PWD/$OUT/eval_after.json (+ predictions_*.jsonl)"
+echo
+echo "try it in a browser (the run beside its untrained base; http://127.0.0.1:7860):"
+echo "  .venv/bin/qwenvl-ft demo $OUT/lora --compare $OUT/model --dtype fp32"

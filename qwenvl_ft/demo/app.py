@@ -90,13 +90,16 @@ def build(
             return
         mode = {"on": True, "off": False}.get(think)
         base = [shown + _user_messages(text, paths) for shown in page.shown]
-        replies = []
+        replies, sent = [], set()
         for replies in page.session.ask(text, images, videos, mode):
             chats = [b + _assistant_messages(r) for b, r in zip(base, replies, strict=True)]
-            yield ("", *chats, *[gr.skip()] * n, "", None, page)
+            # A model that is done shows its boxes at once (once), while the other still writes.
+            drawn = [r.drawn if r.done and i not in sent else gr.skip() for i, r in enumerate(replies)]
+            sent |= {i for i, r in enumerate(replies) if r.done}
+            yield ("", *chats, *drawn, "", None, page)
         page.shown = [b + _assistant_messages(r) for b, r in zip(base, replies, strict=True)]
         errors = [f"{m.title}: {r.error}" for m, r in zip(models, replies, strict=True) if r.error]
-        drawn = [r.drawn for r in replies]
+        drawn = [r.drawn for r in replies]  # the final state in full (what an API caller reads)
         status = "**Error:** " + "; ".join(errors) if errors else _box_summary(replies)
         yield (status, *page.shown, *drawn, "", None, page)
 
@@ -140,6 +143,7 @@ def build(
                             label=f"{chr(65 + i)}: boxes",
                             type="pil",
                             format="png",
+                            height=380,
                             interactive=False,
                             elem_id=f"boxes{i}",
                         )
