@@ -132,3 +132,39 @@ def test_uploads_take_video_only_when_every_model_does(pair, tmp_path):
     with pytest.raises(UploadRefused, match="or a video"):
         session.check_uploads([str(text)])
     assert all(name in registered() for name in ("qwen2_5_vl", "qwen3_5"))
+
+
+@pytest.mark.parametrize("name", registered())
+def test_every_generation_answers_an_image_question_on_the_page(tiny_model, name):
+    """The page's path on each registered generation (the first one included): its own prompt,
+    an answer, the image drawn; a generation without video refuses a video by name."""
+    model = DemoModel(name, Predictor.load(tiny_model(name), dtype="fp32", device="cpu"))
+    session = Session([model], max_new_tokens=2)
+    [reply] = last(session.ask("Where is the red square?", [Image.new("RGB", (80, 60), (200, 30, 30))]))
+    assert reply.error is None and reply.done and reply.drawn is not None
+    assert [t.role for t in session.chats[0].conversation.turns] == ["user", "assistant"]
+
+
+def test_a_video_question_reaches_the_model(pair, tmp_path):
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(8):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8))):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    session = Session(pair[:1], max_new_tokens=2)  # Qwen2.5-VL takes video
+    images, videos = session.check_uploads([str(path)])
+    assert images == [] and videos == [str(path)]
+    [reply] = last(session.ask("What happens?", images, videos))
+    assert reply.error is None and reply.text
+    chat = session.chats[0]
+    # The video went into the prompt as video pad tokens, as training renders it.
+    ids = chat.predictor.prompt(chat.conversation, chat.images, chat.videos).input_ids
+    pad = chat.predictor.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert ids.count(pad) == int(chat.videos[0].grid[0] * chat.videos[0].grid[1] * chat.videos[0].grid[2] / 4)
