@@ -1,0 +1,178 @@
+"""GRPO's pieces against hand-worked values: group advantages, the clipped loss with its KL term and
+clip ratio, the answer mask, the repeated sampler; the prompt data check's errors by file:line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from qwenvl_ft.config import load_recipe
+from qwenvl_ft.config.schema import ConfigError, DatasetSpec
+from qwenvl_ft.training.grpo import RepeatBlocks, completion_mask, group_advantages, grpo_loss
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.2, 0.4])
+    # group 1: mean 0.5, std (n - 1) sqrt(0.5) = 0.70711; group 2: no spread; group 3: mean 0.3, std 0.14142
+    got = group_advantages(rewards, 2)
+    want = [
+        0.5 / (0.70711 + 1e-4),
+        -0.5 / (0.70711 + 1e-4),
+        0.0,
+        0.0,
+        -0.1 / (0.14142 + 1e-4),
+        0.1 / (0.14142 + 1e-4),
+    ]
+    assert got.tolist() == pytest.approx(want, rel=1e-4)
+    assert group_advantages(rewards, 2, scale=False).tolist() == pytest.approx([0.5, -0.5, 0, 0, -0.1, 0.1])
+    # groups of 3: (1, 0, 0.5) and (0.5, 0.2, 0.4)
+    assert group_advantages(rewards, 3, scale=False).tolist() == pytest.approx(
+        [0.5, -0.5, 0.0, 0.5 - 1.1 / 3, 0.2 - 1.1 / 3, 0.4 - 1.1 / 3]
+    )
+
+
+def loss_case():
+    """Two answers of two tokens; the second answer's second token is padding.
+
+    ratios: answer 1 (1.5, 0.9) with advantage +1; answer 2 (0.5, 2.0) with advantage -1; epsilon 0.2.
+    Per token -min(r A, clip(r) A): 1.5 -> -1.2 (clipped), 0.9 -> -0.9, 0.5 with A < 0 -> +0.8 (clipped).
+    """
+    old = torch.zeros(2, 2)
+    logps = torch.log(torch.tensor([[1.5, 0.9], [0.5, 2.0]]))
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    return logps, old, torch.tensor([1.0, -1.0]), mask
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "want"),
+    [
+        ("bnpo", (-1.2 - 0.9 + 0.8) / 3),  # mean over the 3 answer tokens
+        ("grpo", ((-1.2 - 0.9) / 2 + 0.8) / 2),  # mean per answer, then over answers
+        ("dr_grpo", (-1.2 - 0.9 + 0.8) / (2 * 4)),  # sum / (answers x max_new_tokens 4)
+    ],
+)
+def test_clipped_loss_by_hand(loss_type, want):
+    logps, old, adv, mask = loss_case()
+    loss, stats = grpo_loss(logps, old, adv, mask, 0.2, 0.2, loss_type=loss_type, max_new_tokens=4)
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert stats["clip_ratio"] == pytest.approx(2 / 3)  # tokens 1.5 (A > 0) and 0.5 (A < 0) are cut
+    assert "kl" not in stats
+
+
+def test_kl_term_and_clip_higher_by_hand():
+    logps, old, adv, mask = loss_case()
+    ref = torch.zeros(2, 2)  # the reference gives each token probability ratio 1 to `old`
+    # k3 = exp(ref - logp) - (ref - logp) - 1 per token: r = 1.5 -> 1/1.5 + ln 1.5 - 1, and so on.
+    k3 = [1 / r + math.log(r) - 1 for r in (1.5, 0.9, 0.5)]
+    # epsilon_high 0.6: 1.5 is no longer clipped (-1.5); the low side stays 0.8.
+    want = (-1.5 - 0.9 + 0.8 + 0.1 * sum(k3)) / 3
+    loss, stats = grpo_loss(logps, old, adv, mask, 0.2, 0.6, beta=0.1, ref_logps=ref)
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert stats["kl"] == pytest.approx(sum(k3) / 3, rel=1e-6)
+    assert stats["clip_ratio"] == pytest.approx(1 / 3)
+
+
+def test_loss_gradient_is_the_advantage_at_ratio_one():
+    # On-policy (num_iterations 1) the ratio is 1 and d loss / d logp = -A / tokens for every token.
+    logps = torch.zeros(2, 2, requires_grad=True)
+    loss, _ = grpo_loss(logps, logps.detach(), torch.tensor([2.0, -1.0]), torch.ones(2, 2), 0.2, 0.2)
+    loss.backward()
+    assert logps.grad.flatten().tolist() == pytest.approx([-0.5, -0.5, 0.25, 0.25])
+
+
+def test_completion_mask_keeps_the_stop_token():
+    completion = torch.tensor([[5, 9, 9, 9], [5, 6, 7, 8], [7, 1, 5, 9]])
+    assert completion_mask(completion, [9, 1]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_repeat_blocks_returns_each_block_num_iterations_times():
+    order = list(RepeatBlocks(6, block=2, repeats=3, seed=0))
+    assert len(order) == 18 and sorted(set(order)) == list(range(6))
+    blocks = [order[i : i + 2] for i in range(0, 18, 2)]
+    for k in range(0, 9, 3):
+        assert blocks[k] == blocks[k + 1] == blocks[k + 2]
+
+
+def test_grpo_config_is_checked(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: m}\ndata: {train: [{path: d.jsonl}]}\ntrain: {method: grpo}\n")
+    cfg = load_recipe(recipe)
+    assert [r.name for r in cfg.grpo.rewards] == ["grounding_iou"] and cfg.grpo.num_generations == 8
+    with pytest.raises(ConfigError, match="'grpo.num_generations' must be at least 2"):
+        load_recipe(recipe, ["grpo.num_generations=1"])
+    with pytest.raises(ConfigError, match="'data.packing' is for sft"):
+        load_recipe(recipe, ["data.packing=true"])
+    with pytest.raises(ConfigError, match="unknown key 'grpo.group'"):
+        load_recipe(recipe, ["grpo.group=4"])
+
+
+# -- the prompt data check -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grounding_data(tmp_path_factory):
+    from qwenvl_ft.data.synthetic import write_grounding_set
+
+    root = tmp_path_factory.mktemp("grpo-data")
+    path = write_grounding_set(root, 4, seed=0)
+    lines = path.read_text().splitlines()
+    # Line 2: the answer is text, no box; line 4: a long question.
+    second = json.loads(lines[1])
+    second["messages"][1]["content"] = "top left"
+    second["objects"] = {"ref": [], "bbox": []}
+    lines[1] = json.dumps(second)
+    fourth = json.loads(lines[3])
+    fourth["messages"][0]["content"] = "<image>" + "Where is it? " * 15
+    lines[3] = json.dumps(fourth)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def check(tiny_model, path, *overrides):
+    from qwenvl_ft.data.check import check_specs
+    from qwenvl_ft.models import get_family
+    from qwenvl_ft.training.grpo_data import check_prompts
+
+    model = tiny_model("qwen3_vl")
+    recipe = model / "r.yaml"
+    recipe.write_text(
+        f"model: {{path: {model}}}\ndata: {{train: [{{path: {path}}}]}}\ntrain: {{method: grpo}}\n"
+    )
+    cfg = load_recipe(recipe, list(overrides))
+    processor = get_family("qwen3_vl").load_processor(str(model))
+    sources, report = check_specs(cfg.data.train, processor, max_length=cfg.data.max_length, progress=False)
+    return check_prompts(cfg, sources, report, processor), processor
+
+
+def test_prompt_check_names_each_bad_sample_by_file_and_line(tiny_model, grounding_data):
+    report, processor = check(tiny_model, grounding_data, "data.max_length=200", "grpo.max_new_tokens=120")
+    where = str(grounding_data)
+    assert [(p.where, p.message[:40]) for p in report.errors] == [
+        (f"{where}:2 (id s0-1)", "the reference answer (the last assistant")
+    ]
+    assert "grounding_iou" in report.errors[0].message
+    assert [p.where for p in report.dropped] == [f"{where}:4 (id s0-3)"]
+    assert "+ grpo.max_new_tokens 120 > max_length 200" in report.dropped[0].message
+    assert [p.index for p in report.plan] == [0, 2]
+    # The planned length is the prompt's as inference encodes it, from the decoded image.
+    from qwenvl_ft.data.sources import Source
+    from qwenvl_ft.training.grpo_data import PromptDataset
+
+    source = Source(DatasetSpec(path=str(grounding_data)))
+    dataset = PromptDataset([source], report.plan, processor, thinking=None)
+    assert [len(dataset[k]["prompt"].input_ids) for k in range(2)] == [p.length for p in report.plan]
+    assert dataset[0]["sample"]["reference_boxes"] and dataset[0]["sample"]["where"] == f"{where}:1 (id s0-0)"
+
+
+def test_prompt_check_without_grounding_reward_accepts_text_answers(tiny_model, grounding_data):
+    report, _ = check(
+        tiny_model,
+        grounding_data,
+        "data.max_length=200",
+        "grpo.max_new_tokens=32",
+        "grpo.rewards=[{name: exact_match}]",
+    )
+    assert not report.errors and [p.index for p in report.plan] == [0, 1, 2, 3]
