@@ -29,6 +29,8 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -129,6 +131,50 @@ def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     return logps.index_add(0, rows, picked), mask.sum(dim=1)
 
 
+@contextmanager
+def vision_once(visual: torch.nn.Module) -> Iterator[None]:
+    """Within: the vision tower runs once per pair, not once per row.
+
+    A pair batch holds each pair's media twice, for its chosen row and again for its rejected row
+    (PairCollator), because the model matches image tokens to features row by row. A call of `visual`
+    whose grids are two equal halves runs the tower on the first half and repeats its output (and
+    so its gradient, when the tower trains, adds up from both rows exactly as two calls would).
+    Other calls (the keepalive's dummy image) pass through. Generations whose tower takes `grid_thw`;
+    the first-generation Qwen-VL's (fixed 448 px images, no grids) still runs per row.
+    """
+    original = visual.forward
+
+    def forward(pixel_values, grid_thw=None, *args, **kwargs):
+        n = 0 if grid_thw is None else grid_thw.shape[0] // 2
+        if (
+            n
+            and torch.equal(grid_thw[:n], grid_thw[n:])
+            and pixel_values.shape[0] == 2 * int(grid_thw[:n].prod(-1).sum())
+        ):
+            half = pixel_values.shape[0] // 2
+            return _twice(original(pixel_values[:half], grid_thw[:n], *args, **kwargs))
+        return original(pixel_values, grid_thw, *args, **kwargs)
+
+    visual.forward = forward
+    try:
+        yield
+    finally:
+        del visual.forward  # the class's forward again
+
+
+def _twice(out):
+    """A vision output repeated along its first (token) dimension: tensors, lists of them, ModelOutputs."""
+    if isinstance(out, torch.Tensor):
+        return torch.cat([out, out])
+    if isinstance(out, dict):  # transformers' ModelOutput is an OrderedDict
+        for key in list(out.keys()):
+            out[key] = _twice(out[key])
+        return out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_twice(x) for x in out)
+    return out
+
+
 def reference_logps(policy, reference, batch: dict[str, torch.Tensor], unwrap=None) -> torch.Tensor:
     """Answer log-probs under the reference, without gradients: `reference` when there is a frozen
     copy (full fine-tuning), else the policy with its LoRA adapter switched off."""
@@ -203,9 +249,13 @@ class DPOTrainer(VLTrainer):
         self._tokens += inputs["attention_mask"].sum()
         missing = self.media_kinds - ("pixel_values" in inputs) - ("pixel_values_videos" in inputs)
         self.keepalive.expect(missing)
-        policy, counts = answer_logps(model, inputs)
+        with vision_once(self._base_model(model).get_submodule(self.family.paths.vision)):
+            policy, counts = answer_logps(model, inputs)
         (self.keepalive if self.reference is None else self.reference_keepalive).expect(missing)
-        reference = reference_logps(model, self.reference, inputs, self.accelerator.unwrap_model)
+        visual = self.family.paths.vision
+        reference_visual = self._base_model(model if self.reference is None else self.reference)
+        with vision_once(reference_visual.get_submodule(visual)):
+            reference = reference_logps(model, self.reference, inputs, self.accelerator.unwrap_model)
         loss, metrics = dpo_loss(policy, reference, counts, self.dpo)
         mode = "train" if model.training else "eval"
         for key, value in metrics.items():

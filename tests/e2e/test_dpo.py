@@ -125,3 +125,30 @@ def test_a_dpo_run_describes_itself_merges_and_predicts(dpo_run, tmp_path):
     assert main(args) == 0
     predictions = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(predictions) == 4 and all(p["prediction"].startswith("[") for p in predictions)
+
+
+def test_full_fine_tuning_dpo_keeps_a_frozen_reference_copy(dpo_run, tmp_path):
+    """mode full: the reference is a separate frozen copy (step 1's rewards are 0: policy = copy), and
+    the policy moves away from it; the output is a full model that describes itself."""
+    merged_sft, run, heldout, *_ = dpo_run
+    pairs = run.parent / "data/pairs/data.jsonl"
+    cfg = load_recipe(
+        REPO / "recipes/tiny/qwen3_vl_dpo.yaml",
+        [f"model.path={merged_sft}", f"output.dir={tmp_path / 'full'}", "data.num_workers=0", "train.mode=full",
+         "train.max_steps=4", "train.learning_rate=1e-3", "train.logging_steps=1", "train.eval_steps=1000",
+         f"data.train=[{{path: {pairs}}}]", f"data.eval=[{{path: {heldout}}}]"],
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    lines = [h for h in result.log_history if "loss" in h]
+    assert lines[0]["rewards/margins"] == 0.0 and lines[-1]["rewards/margins"] != 0.0
+    assert (tmp_path / "full/model.safetensors").is_file()
+    assert json.loads((tmp_path / "full/qwenvl_ft.json").read_text())["mode"] == "full"
+    sft = get_family("qwen3_vl").load_model(str(merged_sft), dtype=torch.float32)
+    assert preference(result.model, merged_sft, heldout)[1] != pytest.approx(
+        preference(sft, merged_sft, heldout)[1]
+    )

@@ -15,7 +15,7 @@ from qwenvl_ft.data.pairs import PairCollator, PairSource, encode_pair
 from qwenvl_ft.data.synthetic_pairs import write_pair_set
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.tiny import make_tiny
-from qwenvl_ft.training.dpo import answer_logps, dpo_loss, reference_logps
+from qwenvl_ft.training.dpo import answer_logps, dpo_loss, reference_logps, vision_once
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,30 @@ def test_lora_reference_is_the_base_model(setup):
     assert reference.tolist() == pytest.approx(want.tolist(), rel=1e-5, abs=1e-5)
     assert (adapted - want).abs().max() > 1e-2  # the adapter does change them: the comparison can fail
     assert not reference.requires_grad
+
+
+def test_the_vision_tower_runs_once_per_pair(setup):
+    """vision_once: the tower sees each pair's image once, and the log-probs (and gradients) are unchanged."""
+    family, _, batch, models, _ = setup
+    model = models["policy"]
+    visual = model.get_submodule(family.paths.vision)
+    seen: list[int] = []
+    # Inside the tower: its own pre-hook would see the call's arguments, before vision_once halves them.
+    hook = visual.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        model.zero_grad()
+        plain = answer_logps(model, batch)[0]
+        plain.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        with vision_once(visual):
+            once = answer_logps(model, batch)[0]
+        once.sum().backward()
+    finally:
+        hook.remove()
+    assert seen == [batch["pixel_values"].shape[0], batch["pixel_values"].shape[0] // 2]
+    assert once.tolist() == pytest.approx(plain.tolist(), rel=1e-5, abs=1e-5)
+    assert any(n.startswith(family.paths.vision) for n in grads)  # the tower's gradient is compared too
+    for name, grad in grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+    assert "forward" not in vars(visual)  # the class's forward again after the block
