@@ -156,10 +156,24 @@ class GRPOTrainer(VLTrainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.grpo, self.rewards, self.predictor, self.ref_model = grpo, rewards, predictor, ref_model
+        self.grpo, self.rewards, self.predictor = grpo, rewards, predictor
+        self.ref_model = ref_model and self._prepare_reference(ref_model)
         self.epsilon_high = grpo.epsilon_high if grpo.epsilon_high is not None else grpo.epsilon
         self._rollouts: dict[tuple[int, ...], Rollout] = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _prepare_reference(self, reference: torch.nn.Module) -> torch.nn.Module:
+        """The frozen copy (full fine-tuning) placed like the policy, as TRL places its reference:
+        sharded under ZeRO-3 / FSDP (`trl.models.prepare_deepspeed` / `prepare_fsdp`), else on device."""
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models import prepare_fsdp
+
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.grpo.num_iterations == 1:
@@ -364,7 +378,7 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
         upcast_trainable(model)
     ref_model = None
     if cfg.grpo.beta and cfg.train.mode == "full":  # LoRA's reference is the adapter switched off
-        ref_model = load_model(cfg, family).to(args.device).eval().requires_grad_(False)
+        ref_model = load_model(cfg, family).eval().requires_grad_(False)
     meta = run_metadata(cfg, family.name, is_base)
     trainer = GRPOTrainer(
         model=model,
