@@ -226,9 +226,11 @@ def check_pair_sources(
                 report.samples += 1
                 try:
                     pair = source.pair(i)
-                    checks = [
-                        check_sample(conv, processor, max_length, "drop", "last_assistant", allow_urls, True)
-                        for conv in (pair.chosen, pair.rejected)
+                    checks = [  # the same images: decoded once, with the chosen answer
+                        check_sample(
+                            conv, processor, max_length, "drop", "last_assistant", allow_urls, decode
+                        )
+                        for conv, decode in ((pair.chosen, True), (pair.rejected, False))
                     ]
                 except DataError as e:
                     report.errors.append(Problem(e.where or source.where(i), e.what))

@@ -119,7 +119,7 @@ def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     supervised = labels != IGNORE
     start = int(supervised.float().argmax(dim=1).min())  # earliest answer token of the batch
     keep = labels.shape[1] - start + 1
-    if "logits_to_keep" in inspect.signature(_unwrap(model).forward).parameters:
+    if "logits_to_keep" in inspect.signature(_model_class_forward(model)).parameters:
         inputs["logits_to_keep"] = keep
     logits = model(**inputs, use_cache=False).logits[:, -keep:-1]
     targets = labels[:, start:]
@@ -211,10 +211,14 @@ def dpo_loss(
     return loss, metrics
 
 
-def _unwrap(model):
+def _model_class_forward(model):
+    """The forward of the transformers model inside DDP / DeepSpeed / PEFT wrappers (which pass
+    keyword arguments through)."""
     while hasattr(model, "module"):  # DDP / DeepSpeed engine
         model = model.module
-    return model
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return model.forward
 
 
 class DPOTrainer(VLTrainer):

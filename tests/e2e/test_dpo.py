@@ -152,3 +152,21 @@ def test_full_fine_tuning_dpo_keeps_a_frozen_reference_copy(dpo_run, tmp_path):
     assert preference(result.model, merged_sft, heldout)[1] != pytest.approx(
         preference(sft, merged_sft, heldout)[1]
     )
+
+
+def test_data_check_pairs_cli(dpo_run, tmp_path, capsys):
+    """`qwenvl-ft data check --pairs`: 0 on good pairs; 1 on bad ones, each named by file:line."""
+    merged_sft, run, heldout, *_ = dpo_run
+    assert main(["data", "check", str(heldout), "--pairs", "--model", str(merged_sft)]) == 0
+    assert "OK: no errors" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    lines = heldout.read_text().splitlines()[:3]
+    broken = json.loads(lines[1])
+    broken["rejected"] = broken["chosen"]
+    lines[1] = json.dumps(broken)
+    bad.write_text("\n".join(lines) + "\n")
+    (tmp_path / "img").symlink_to(heldout.parent / "img")
+    assert main(["data", "check", str(bad), "--pairs", "--model", str(merged_sft)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:2 (id {broken['id']}): chosen and rejected are the same answer" in out
+    assert "FAILED: 1 error(s)" in out

@@ -124,7 +124,13 @@ def test_lora_reference_is_the_base_model(setup):
         for p in policy.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
+    positions: list[int] = []  # what reaches lm_head: the answer positions, not the prompt's (PEFT too)
+    head = policy.get_base_model().lm_head
+    hook = head.register_forward_pre_hook(lambda m, args: positions.append(args[0].shape[1]))
     adapted = answer_logps(policy, batch)[0]
+    hook.remove()
+    first_answer = int((batch["labels"] != -100).float().argmax(dim=1).min())
+    assert positions == [batch["labels"].shape[1] - first_answer + 1]
     reference = reference_logps(policy, None, batch)
     want = answer_logps(base, batch)[0]
     assert reference.tolist() == pytest.approx(want.tolist(), rel=1e-5, abs=1e-5)
