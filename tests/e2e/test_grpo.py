@@ -95,3 +95,21 @@ def test_grpo_kl_to_the_adapter_free_model_and_reused_rollouts(start, tmp_path):
     assert sampled == [1, 3, 5], history
     clip = [h["clip_ratio"] for h in history if "clip_ratio" in h]
     assert len(clip) == 6 and clip[0] == 0.0, clip  # on-policy at a rollout: the ratio is exactly 1
+
+
+def test_grpo_under_zero3_with_two_processes(start, launch_train, tmp_path):
+    """Two ranks sample groups of different lengths: generate() steps in sync (synced_gpus) while
+    ZeRO-3 gathers the partitioned weights, the KL reference is the adapter switched off, and the run
+    saves a whole adapter that predicts."""
+    model, train, heldout = start
+    out = tmp_path / "z3"
+    launch_train(
+        2, str(RECIPE), f"model.path={model}", f"output.dir={out}", "output.overwrite=true",
+        f"data.train=[{{path: {train}}}]", "data.num_workers=0", "train.max_steps=3", "train.logging_steps=1",
+        "train.per_device_batch_size=4", "train.deepspeed=configs/deepspeed/zero3.json", "grpo.beta=0.04",
+    )  # fmt: skip
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "reward" in h] == [1, 2, 3]
+    assert json.loads((out / "qwenvl_ft.json").read_text())["method"] == "grpo"
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", str(out), str(heldout), "--output", str(preds), "--limit", "2"]) == 0
