@@ -295,11 +295,7 @@ class GRPOTrainer(VLTrainer):
         return group_advantages(total, g, self.grpo.scale_rewards == "group")
 
     def _logps(self, model, rollout: Rollout) -> torch.Tensor:
-        """Per-token log-probabilities of the answers under `model` at the sampling temperature."""
-        n = rollout.completion_ids.shape[1]
-        out = model(**rollout.inputs, logits_to_keep=n + 1, use_cache=False)
-        logits = out.logits[:, :-1] / self.grpo.temperature  # position t predicts answer token t
-        return selective_log_softmax(logits, rollout.completion_ids)
+        return answer_logps(model, rollout.inputs, rollout.completion_ids, self.grpo.temperature)
 
     def _ref_logps(self, policy, rollout: Rollout) -> torch.Tensor:
         if self.ref_model is not None:
@@ -325,6 +321,17 @@ class GRPOTrainer(VLTrainer):
         super().log(logs, start_time)
 
 
+def answer_logps(
+    model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-token log-probabilities of the answers (the last `completion_ids.shape[1]` positions of
+    `inputs`) under `model` at the sampling temperature: only those positions' logits are computed."""
+    n = completion_ids.shape[1]
+    out = model(**inputs, logits_to_keep=n + 1, use_cache=False)
+    logits = out.logits[:, :-1] / temperature  # position t predicts answer token t
+    return selective_log_softmax(logits, completion_ids)
+
+
 def completion_mask(completion: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
     """1 on each answer's tokens up to and including its first stop token (all of it when none)."""
     is_stop = torch.isin(completion, torch.tensor(stop_ids, device=completion.device))
@@ -340,6 +347,7 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
     from ..data.sources import Source, mix
     from ..train import TrainResult, is_main_process, training_arguments
     from .grpo_data import PromptDataset, as_list, check_prompts
+    from .modules import trainable_table
     from .outputs import DescribeCheckpoints, describe, plot_loss, plot_series, run_metadata
     from .rewards import load_rewards
     from .setup import adapt, load_model, resolve_is_base, upcast_trainable
@@ -379,6 +387,15 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
     ref_model = None
     if cfg.grpo.beta and cfg.train.mode == "full":  # LoRA's reference is the adapter switched off
         ref_model = load_model(cfg, family).eval().requires_grad_(False)
+    g = cfg.grpo
+    reference = (
+        "none (beta 0)" if not g.beta else "a frozen copy" if ref_model else "the adapter switched off"
+    )
+    log.info(
+        f"{family.title}, GRPO ({g.num_generations} answers per prompt, rewards "
+        f"{', '.join(f'{r.name} x {r.weight:g}' for r in rewards)}), mode {cfg.train.mode}, reference: "
+        f"{reference}, trainable parameters:\n" + trainable_table(model, family.paths)
+    )
     meta = run_metadata(cfg, family.name, is_base)
     trainer = GRPOTrainer(
         model=model,

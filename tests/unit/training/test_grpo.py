@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from family_facts import registered
 
 from qwenvl_ft.config import load_recipe
 from qwenvl_ft.config.schema import ConfigError, DatasetSpec
@@ -176,3 +177,49 @@ def test_prompt_check_without_grounding_reward_accepts_text_answers(tiny_model, 
         "grpo.rewards=[{name: exact_match}]",
     )
     assert not report.errors and [p.index for p in report.plan] == [0, 1, 2, 3]
+
+
+# -- the training forward sees what sampling saw ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", registered())
+def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grounding_data):
+    """Prompts of different lengths (left-padded) sampled with generate(); the loss's forward over
+    prompt + answer must give each answer token the log-probability generation sampled it from
+    (raw logits / temperature): positions (mRoPE, 1-D), padding and visual tokens all agree."""
+    from qwenvl_ft.data.images import load_image
+    from qwenvl_ft.data.sources import Source
+    from qwenvl_ft.infer import Predictor
+    from qwenvl_ft.models import get_family
+    from qwenvl_ft.predict import split_reference
+    from qwenvl_ft.training.grpo import answer_logps
+
+    family = get_family(name)
+    path = tiny_model(name)
+    model = family.load_model(str(path), dtype=torch.float32).eval()
+    predictor = Predictor(model, family.load_processor(str(path)), family)
+    source = Source(DatasetSpec(path=str(grounding_data)))
+    prompts = []
+    for i in (0, 3):  # line 4 asks a much longer question
+        prompt, _ = split_reference(source.conversation(i))
+        images = [load_image(s.value) for t in prompt.turns for s in t.segments if s.kind == "image"]
+        prompts.append(predictor.prompt(prompt, images))
+    batch = predictor._batch(prompts)
+    torch.manual_seed(0)
+    out = model.generate(
+        **batch, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=6, min_new_tokens=6,
+        output_logits=True, return_dict_in_generate=True, pad_token_id=predictor.processor.tokenizer.pad_token_id,
+    )  # fmt: skip
+    completion = out.sequences[:, batch["input_ids"].shape[1] :]
+    sampled = torch.stack(out.logits, dim=1).float().div(0.7).log_softmax(-1)
+    want = sampled.gather(-1, completion[..., None])[..., 0]
+    inputs = {
+        "input_ids": torch.cat([batch["input_ids"], completion], 1),
+        "attention_mask": torch.cat([batch["attention_mask"], torch.ones_like(completion)], 1),
+        "mm_token_type_ids": torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1),
+        **{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")},
+    }
+    with torch.no_grad():
+        got = answer_logps(model, inputs, completion, temperature=0.7)
+    assert got.shape == (2, 6)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
