@@ -144,16 +144,20 @@ def vision_once(visual: torch.nn.Module) -> Iterator[None]:
     """
     original = visual.forward
 
-    def forward(pixel_values, grid_thw=None, *args, **kwargs):
-        n = 0 if grid_thw is None else grid_thw.shape[0] // 2
-        if (
+    def forward(pixel_values, *args, **kwargs):
+        grid_thw = kwargs["grid_thw"] if "grid_thw" in kwargs else (args[0] if args else None)
+        n = grid_thw.shape[0] // 2 if isinstance(grid_thw, torch.Tensor) else 0
+        if not (
             n
             and torch.equal(grid_thw[:n], grid_thw[n:])
             and pixel_values.shape[0] == 2 * int(grid_thw[:n].prod(-1).sum())
         ):
-            half = pixel_values.shape[0] // 2
-            return _twice(original(pixel_values[:half], grid_thw[:n], *args, **kwargs))
-        return original(pixel_values, grid_thw, *args, **kwargs)
+            return original(pixel_values, *args, **kwargs)  # a tower without grids; a dummy image
+        if "grid_thw" in kwargs:
+            kwargs["grid_thw"] = grid_thw[:n]
+        else:
+            args = (grid_thw[:n], *args[1:])
+        return _twice(original(pixel_values[: pixel_values.shape[0] // 2], *args, **kwargs))
 
     visual.forward = forward
     try:

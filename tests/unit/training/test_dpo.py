@@ -13,7 +13,7 @@ from qwenvl_ft.config import DatasetSpec
 from qwenvl_ft.config.schema import DPOConfig
 from qwenvl_ft.data.pairs import PairCollator, PairSource, encode_pair
 from qwenvl_ft.data.synthetic_pairs import write_pair_set
-from qwenvl_ft.models import get_family
+from qwenvl_ft.models import FAMILIES, get_family
 from qwenvl_ft.models.tiny import make_tiny
 from qwenvl_ft.training.dpo import answer_logps, dpo_loss, reference_logps, vision_once
 
@@ -163,3 +163,28 @@ def test_the_vision_tower_runs_once_per_pair(setup):
     for name, grad in grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
     assert "forward" not in vars(visual)  # the class's forward again after the block
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_generation_gives_the_same_answer_logps_with_the_vision_tower_once(tmp_path, name):
+    """Per registered family: a pair batch's log-probs are the same whether the tower runs per row
+    or once per pair (a tower without grids, the first generation's, runs per row either way)."""
+    family = get_family(name)
+    make_tiny(family, tmp_path / "m", real_vocab=False)
+    processor = family.load_processor(str(tmp_path / "m"))
+    source = PairSource(DatasetSpec(path=str(write_pair_set(tmp_path / "pairs", 2, seed=6))))
+    encoded = []
+    for i in range(len(source)):
+        pair = source.pair(i)
+        images = [
+            processor.load_image(s.value) for t in pair.chosen.turns for s in t.segments if s.kind == "image"
+        ]
+        encoded.append(encode_pair(pair, processor, images))
+    batch = PairCollator(processor.tokenizer.pad_token_id)(encoded)
+    model = family.load_model(str(tmp_path / "m"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = answer_logps(model, batch)[0]
+        with vision_once(model.get_submodule(family.paths.vision)):
+            once = answer_logps(model, batch)[0]
+    assert once.tolist() == pytest.approx(plain.tolist(), rel=1e-5, abs=1e-5)
+    assert torch.isfinite(plain).all() and (plain < 0).all()
