@@ -296,6 +296,14 @@ def encode_pair(pair: Pair, processor: VLProcessor, images: list, videos: list =
     )
 
 
+def load_and_encode(pair: Pair, processor: VLProcessor, allow_urls: bool = False) -> EncodedPair:
+    """Load the pair's images and videos (once) and encode it."""
+    segments = [s for t in pair.chosen.turns for s in t.segments]
+    images = [processor.load_image(s.value, allow_urls) for s in segments if s.kind == "image"]
+    videos = [load_clip(plan_clip(s.value, processor), processor) for s in segments if s.kind == "video"]
+    return encode_pair(pair, processor, images, videos)
+
+
 def _first_supervised(labels: list[int]) -> int:
     return next(k for k, lab in enumerate(labels) if lab != IGNORE)
 
@@ -326,16 +334,7 @@ class PairDataset:
         except DataError as e:
             raise SampleLoadError(str(e)) from None
         try:
-            segments = [s for t in pair.chosen.turns for s in t.segments]
-            images = [
-                self.processor.load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"
-            ]
-            videos = [
-                load_clip(plan_clip(s.value, self.processor), self.processor)
-                for s in segments
-                if s.kind == "video"
-            ]
-            enc = encode_pair(pair, self.processor, images, videos)
+            enc = load_and_encode(pair, self.processor, self.allow_urls)
         except Exception as e:
             raise SampleLoadError(f"{pair.id}: {error_message(e)}") from None
         lengths = (len(enc.prompt_ids) + len(enc.chosen_ids), len(enc.prompt_ids) + len(enc.rejected_ids))

@@ -22,7 +22,7 @@ import torch
 
 from qwenvl_ft.cli import main
 from qwenvl_ft.config import DatasetSpec, load_recipe
-from qwenvl_ft.data.pairs import PairCollator, PairSource, encode_pair
+from qwenvl_ft.data.pairs import PairCollator, PairSource, load_and_encode
 from qwenvl_ft.models import get_family
 from qwenvl_ft.train import train
 from qwenvl_ft.training.dpo import answer_logps
@@ -70,13 +70,7 @@ def preference(model, model_dir: Path, path: Path) -> tuple[float, float]:
     """(share of pairs with log p(chosen) > log p(rejected), mean log p(chosen) - log p(rejected))."""
     processor = get_family("qwen3_vl").load_processor(str(model_dir))
     source = PairSource(DatasetSpec(path=str(path)))
-    encoded = []
-    for i in range(len(source)):
-        pair = source.pair(i)
-        images = [
-            processor.load_image(s.value) for t in pair.chosen.turns for s in t.segments if s.kind == "image"
-        ]
-        encoded.append(encode_pair(pair, processor, images))
+    encoded = [load_and_encode(source.pair(i), processor) for i in range(len(source))]
     model.eval()
     with torch.no_grad():
         logps, _ = answer_logps(model, PairCollator(processor.tokenizer.pad_token_id)(encoded))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qwenvl_ft.config import DatasetSpec
-from qwenvl_ft.data.pairs import PairCollator, PairSource, check_pair_specs, encode_pair
+from qwenvl_ft.data.pairs import PairCollator, PairSource, check_pair_specs, load_and_encode
 from qwenvl_ft.data.synthetic import draw_grid_shapes
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.tiny import make_tiny
@@ -38,14 +38,7 @@ def write(tmp_path, records) -> str:
 
 def encodings(path, processor):
     source = PairSource(DatasetSpec(path=path))
-    out = []
-    for i in range(len(source)):
-        pair = source.pair(i)
-        images = [
-            processor.load_image(s.value) for t in pair.chosen.turns for s in t.segments if s.kind == "image"
-        ]
-        out.append(encode_pair(pair, processor, images))
-    return out
+    return [load_and_encode(source.pair(i), processor) for i in range(len(source))]
 
 
 def test_both_layouts_read_to_the_same_encoding(tmp_path, processor, image):

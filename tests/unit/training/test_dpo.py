@@ -11,7 +11,7 @@ import torch
 
 from qwenvl_ft.config import DatasetSpec
 from qwenvl_ft.config.schema import DPOConfig
-from qwenvl_ft.data.pairs import PairCollator, PairSource, encode_pair
+from qwenvl_ft.data.pairs import PairCollator, PairSource, load_and_encode
 from qwenvl_ft.data.synthetic_pairs import write_pair_set
 from qwenvl_ft.models import FAMILIES, get_family
 from qwenvl_ft.models.tiny import make_tiny
@@ -28,13 +28,7 @@ def setup(tmp_path_factory):
     path = write_pair_set(root / "pairs", 3, seed=5)
     processor = family.load_processor(str(root / "policy"))
     source = PairSource(DatasetSpec(path=str(path)))
-    encoded = []
-    for i in range(len(source)):
-        pair = source.pair(i)
-        images = [
-            processor.load_image(s.value) for t in pair.chosen.turns for s in t.segments if s.kind == "image"
-        ]
-        encoded.append(encode_pair(pair, processor, images))
+    encoded = [load_and_encode(source.pair(i), processor) for i in range(len(source))]
     batch = PairCollator(processor.tokenizer.pad_token_id)(encoded)  # padded rows: chosen, then rejected
     models = {
         n: family.load_model(str(root / n), dtype=torch.float32).eval() for n in ("policy", "reference")
@@ -173,13 +167,7 @@ def test_every_generation_gives_the_same_answer_logps_with_the_vision_tower_once
     make_tiny(family, tmp_path / "m", real_vocab=False)
     processor = family.load_processor(str(tmp_path / "m"))
     source = PairSource(DatasetSpec(path=str(write_pair_set(tmp_path / "pairs", 2, seed=6))))
-    encoded = []
-    for i in range(len(source)):
-        pair = source.pair(i)
-        images = [
-            processor.load_image(s.value) for t in pair.chosen.turns for s in t.segments if s.kind == "image"
-        ]
-        encoded.append(encode_pair(pair, processor, images))
+    encoded = [load_and_encode(source.pair(i), processor) for i in range(len(source))]
     batch = PairCollator(processor.tokenizer.pad_token_id)(encoded)
     model = family.load_model(str(tmp_path / "m"), dtype=torch.float32).eval()
     with torch.no_grad():
