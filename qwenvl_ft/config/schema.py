@@ -375,7 +375,8 @@ class GRPOConfig:
     epsilon_high: float | None = None
     """Upper clip (DAPO's clip-higher); None: epsilon."""
     num_iterations: int = 1
-    """Optimizer passes over each generated batch (PPO epochs, mu); above 1 the ratio leaves 1 and clips."""
+    """Passes over each generated batch (PPO epochs, mu), each an optimizer step of its own (counted by
+    `train.max_steps`); above 1 the ratio leaves 1 and clipping acts."""
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "bnpo"
     """grpo: token mean per answer, then mean over answers; bnpo: mean over every answer token of the
     micro-batch (TRL's default 'dapo' on one process without accumulation); dr_grpo: sum over
