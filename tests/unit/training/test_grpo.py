@@ -223,3 +223,13 @@ def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grou
         got = answer_logps(model, inputs, completion, temperature=0.7)
     assert got.shape == (2, 6)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal")
+def test_use_vllm_is_refused_on_cpu():
+    from qwenvl_ft.config.schema import GRPOConfig
+    from qwenvl_ft.training.grpo import check_vllm
+
+    check_vllm(GRPOConfig())  # off: nothing to check
+    with pytest.raises(RuntimeError, match="'grpo.use_vllm: true' needs a CUDA GPU"):
+        check_vllm(GRPOConfig(use_vllm=True))
