@@ -338,6 +338,11 @@ class DPOConfig:
     """sigmoid: DPO's -log sigmoid(beta * margin); ipo: (margin per token - 1 / (2 beta))^2."""
     sft_weight: float = 0.0
     """Weight of an SFT term (mean token cross-entropy of the chosen answer) added to the loss; 0: none."""
+    reference: str | None = None
+    """The reference model. None: the model the run starts from (LoRA / Q-LoRA: the policy with its
+    adapter switched off, no second copy; full: a frozen copy). A checkpoint directory of the same
+    generation and tokenizer: that model, frozen (a second copy in memory, quantized like the policy
+    under Q-LoRA, sharded under ZeRO-3)."""
 
     def validate(self) -> None:
         require_positive("dpo", self, "beta")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import set_seed
 
 from ..config import RecipeConfig
 from ..config.schema import DPOConfig
@@ -55,6 +56,7 @@ def run_dpo(cfg: RecipeConfig, family, processor, out: Path, resume: Path | None
     """Check the pairs, build policy and reference, train with the DPO loss, save like an SFT run."""
     from ..train import TrainResult, is_main_process, training_arguments
 
+    reference_cfg = reference_config(cfg, family)  # a wrong dpo.reference fails before the data check
     dataset, report = build_pair_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
     eval_set = None
     if cfg.data.eval:
@@ -64,16 +66,20 @@ def run_dpo(cfg: RecipeConfig, family, processor, out: Path, resume: Path | None
 
     args = training_arguments(cfg, out)  # before the models load: ZeRO-3 partitions them while loading
     is_base = resolve_is_base(cfg)
-    torch.manual_seed(cfg.train.seed)
+    set_seed(cfg.train.seed)  # LoRA initialises from train.seed, as in train()
     model = adapt(load_model(cfg, family), cfg, family, is_base)
     if cfg.model.dtype != "fp32" and not cfg.train.deepspeed:
         upcast_trainable(model)
-    reference = None
-    if cfg.train.mode == "full":  # LoRA / Q-LoRA: the policy with its adapter off is the reference
-        reference = load_model(cfg, family).requires_grad_(False).eval()
+    reference = None  # LoRA / Q-LoRA without dpo.reference: the policy with its adapter off
+    if cfg.train.mode == "full" or cfg.dpo.reference:
+        reference = load_model(reference_cfg, family).requires_grad_(False).eval()
     log.info(
         f"{family.title}, DPO ({cfg.dpo.loss_type}, beta {cfg.dpo.beta}), mode {cfg.train.mode}, reference: "
-        + ("a frozen copy" if reference is not None else "the adapter switched off")
+        + (
+            f"a frozen copy of {cfg.dpo.reference or cfg.model.path}"
+            if reference is not None
+            else "the adapter switched off"
+        )
         + ", trainable parameters:\n"
         + trainable_table(model, family.paths)
     )
@@ -106,6 +112,22 @@ def run_dpo(cfg: RecipeConfig, family, processor, out: Path, resume: Path | None
             + (f", loss curve {curve}, reward curves {rewards}" if curve and rewards else "")
         )
     return TrainResult(out, trainer.model, trainer.state.log_history)
+
+
+def reference_config(cfg: RecipeConfig, family) -> RecipeConfig:
+    """The recipe with `model.path` set to the reference's (`dpo.reference`, else the policy's own)."""
+    from dataclasses import replace
+
+    from ..config import ConfigError
+    from ..models import resolve_family
+
+    if not cfg.dpo.reference:
+        return cfg
+    if resolve_family(cfg.dpo.reference, None).name != family.name:
+        raise ConfigError(
+            f"'dpo.reference': {cfg.dpo.reference} is not a {family.title} checkpoint like model.path"
+        )
+    return replace(cfg, model=replace(cfg.model, path=cfg.dpo.reference))
 
 
 def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

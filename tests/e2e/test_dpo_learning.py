@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from qwenvl_ft.cli import main
-from qwenvl_ft.config import DatasetSpec, load_recipe
+from qwenvl_ft.config import ConfigError, DatasetSpec, load_recipe
 from qwenvl_ft.data.pairs import PairCollator, PairSource, load_and_encode
 from qwenvl_ft.models import get_family
 from qwenvl_ft.train import train
@@ -164,3 +164,27 @@ def test_data_check_pairs_cli(dpo_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{bad}:2 (id {broken['id']}): chosen and rejected are the same answer" in out
     assert "FAILED: 1 error(s)" in out
+
+
+@pytest.mark.parametrize("which", ["itself", "another", "wrong-family"])
+def test_dpo_reference_option(dpo_run, tmp_path, which):
+    """dpo.reference: the starting model again gives rewards 0 at step 1 (policy = reference); another
+    checkpoint of the generation gives non-zero ones; another generation's is refused before training."""
+    merged_sft, run, heldout, *_ = dpo_run
+    reference = {"itself": merged_sft, "another": run.parent / "model", "wrong-family": tmp_path / "q25"}[
+        which
+    ]
+    if which == "wrong-family":
+        assert main(["make-tiny", "qwen2_5_vl", str(reference), "--small-vocab"]) == 0
+    cfg = load_recipe(
+        REPO / "recipes/tiny/qwen3_vl_dpo.yaml",
+        [f"model.path={merged_sft}", f"output.dir={tmp_path / 'out'}", "data.num_workers=0", "train.max_steps=2",
+         "train.logging_steps=1", f"dpo.reference={reference}", f"data.eval=[{{path: {heldout}}}]",
+         f"data.train=[{{path: {run.parent / 'data/pairs/data.jsonl'}}}]"],
+    )  # fmt: skip
+    if which == "wrong-family":
+        with pytest.raises(ConfigError, match="dpo.reference.*is not a Qwen3-VL checkpoint"):
+            train(cfg)
+        return
+    first = next(h for h in train(cfg).log_history if "loss" in h)
+    assert (first["rewards/margins"] == 0.0) == (which == "itself")
