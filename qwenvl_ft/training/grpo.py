@@ -375,6 +375,8 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
         planned = {(p.source, p.index): p for p in report.plan}
         items = [planned[key] for key in mix(sources, cfg.train.seed) if key in planned]
         datasets[split] = PromptDataset(sources, items, processor, cfg.grpo.thinking, cfg.data.allow_urls)
+        if split == "train":  # vision-tower calls per step on every rank (VLTrainer)
+            media_kinds = any(p.images for p in report.plan) + any(p.videos for p in report.plan)
 
     args = training_arguments(cfg, out)
     is_base = resolve_is_base(cfg)
@@ -406,7 +408,7 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
         family=family,
         vision_lr=cfg.train.vision_lr,
         merger_lr=cfg.train.merger_lr,
-        media_kinds=1,
+        media_kinds=media_kinds,
         task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, family)
         if cfg.data.eval
         else None,

@@ -8,7 +8,6 @@ runs first (roles, images, boxes on their image, lengths); then, per usable samp
 
 - with `grounding_iou` among the rewards, the reference must hold at least one box, all on one
   image (an error at the sample's file:line otherwise);
-- prompts with video are refused (sampling from video prompts is not wired yet);
 - the prompt's exact token count (visual tokens included) plus `grpo.max_new_tokens` must fit
   `data.max_length`, else the sample is dropped and reported like an overlong SFT sample.
 """
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from torch.utils.data import Dataset
 
 from ..data.check import CheckReport, Problem, Size, error_message
+from ..data.clips import load_clip, plan_clip
 from ..data.conversation import Conversation
 from ..data.encode import Piece, render, tokenize
 from ..data.images import image_size, load_image
@@ -41,9 +41,9 @@ def kept(source: Source, item: PlanItem) -> Conversation:
     return Conversation(conv.id, conv.turns[: item.turns], conv.source_id)
 
 
-def prompt_length(predictor: Predictor, prompt: Conversation, sizes: list[Size]) -> int:
-    """Tokens of the prompt as `Predictor.prompt` renders it, from image sizes alone."""
-    pieces = render(prompt, predictor.processor, sizes) + [
+def prompt_length(predictor: Predictor, prompt: Conversation, sizes: list[Size], clips: list = ()) -> int:
+    """Tokens of the prompt as `Predictor.prompt` renders it, from image sizes and planned clips alone."""
+    pieces = render(prompt, predictor.processor, sizes, videos=clips) + [
         Piece(predictor.family.chat.im_start, False, True),
         Piece(predictor.family.generation_prompt(predictor.thinking), False),
     ]
@@ -52,9 +52,7 @@ def prompt_length(predictor: Predictor, prompt: Conversation, sizes: list[Size])
 
 def prompt_problem(conv: Conversation, wants_boxes: bool) -> str | None:
     """Why this sample cannot be a GRPO prompt with these rewards (None: it can)."""
-    prompt, ref = split_reference(conv)
-    if any(s.kind == "video" for t in prompt.turns for s in t.segments):
-        return "GRPO prompts with video are not supported yet"
+    ref = split_reference(conv)[1]
     boxes = [s.value for s in ref.turns[0].segments if s.kind == "box"]
     if wants_boxes and not boxes:
         return (
@@ -87,7 +85,10 @@ def check_prompts(
                 for s in t.segments
                 if s.kind == "image"
             ]
-            n = prompt_length(predictor, prompt, sizes)
+            clips = [
+                plan_clip(s.value, processor) for t in prompt.turns for s in t.segments if s.kind == "video"
+            ]
+            n = prompt_length(predictor, prompt, sizes, clips)
         except Exception as e:  # as the SFT check: an error at the sample, never a crash
             report.errors.append(Problem(conv.id, error_message(e)))
             continue
@@ -122,8 +123,8 @@ def sample_record(conv: Conversation, ref: Conversation, images: list, processor
 
 
 class PromptDataset(Dataset):
-    """Checked samples as {"index", "prompt": Encoded, "sample": reward record}; images load here, in
-    the loader's workers, decoded exactly as `predict` decodes them."""
+    """Checked samples as {"index", "prompt": Encoded, "sample": reward record}; images and video clips
+    load here, in the loader's workers, images decoded exactly as `predict` decodes them."""
 
     def __init__(
         self,
@@ -144,17 +145,17 @@ class PromptDataset(Dataset):
         conv = kept(self.sources[item.source], item)
         prompt, ref = split_reference(conv)
         try:
-            images = [
-                load_image(s.value, self.allow_urls)
-                for t in prompt.turns
-                for s in t.segments
-                if s.kind == "image"
+            segments = [s for t in prompt.turns for s in t.segments]
+            images = [load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"]
+            processor = self.predictor.processor
+            videos = [
+                load_clip(plan_clip(s.value, processor), processor) for s in segments if s.kind == "video"
             ]
         except Exception as e:  # changed on disk since the check
             raise DataError(f"{conv.id}: {error_message(e)}") from None
         return {
             "index": k,
-            "prompt": self.predictor.prompt(prompt, images),
+            "prompt": self.predictor.prompt(prompt, images, videos),
             "sample": sample_record(conv, ref, images, self.predictor.processor),
         }
 
