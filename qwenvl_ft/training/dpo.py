@@ -8,7 +8,9 @@ mode, the reference, the trainer, train, save, plot. One step (`DPOTrainer.compu
 2. the same for the frozen reference, without gradients: with LoRA / Q-LoRA the policy itself with
    its adapter switched off (no second copy in memory); with full fine-tuning a frozen copy, which
    under DeepSpeed / FSDP is prepared like TRL's `DPOTrainer` does it (`trl.models.prepare_deepspeed`,
-   `prepare_fsdp`: sharded under ZeRO-3, replicated otherwise);
+   `prepare_fsdp`: sharded under ZeRO-3, replicated otherwise); `dpo.reference` names another
+   checkpoint as that frozen copy. Only the answer positions reach lm_head (`logits_to_keep`), and
+   the vision tower runs once per pair for both forwards (`vision_once`);
 3. `dpo_loss`: with r = beta * (log pi - log pi_ref) for each answer, sigmoid: -log sigmoid(r_chosen -
    r_rejected); ipo: the log-ratio margin per answer token, squared distance to 1 / (2 beta); plus
    `dpo.sft_weight` x the chosen answer's mean token cross-entropy. Averaged over the pairs.
