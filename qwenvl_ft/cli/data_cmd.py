@@ -1,4 +1,4 @@
-"""`qwenvl-ft data check DATA... [--model DIR | --family F]`: verify every sample before training.
+"""`qwenvl-ft data check DATA... [--model DIR | --family F] [--pairs | --grpo]`: verify every sample before training.
 `qwenvl-ft data synth OUT_DIR [--count N] [--seed S] [--held-out] [--pairs]`: write the synthetic grounding task.
 
 Checks syntax, role order, empty assistant turns, missing / unreadable / corrupt images,
@@ -75,6 +75,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the data are DPO pairs (chosen / rejected answers; data/pairs.py): check them as pairs",
     )
+    c.add_argument(
+        "--grpo",
+        action="store_true",
+        help="the data are GRPO prompts: also check each against the rewards (--rewards) and that the "
+        "prompt plus --max-new-tokens fits --max-length",
+    )
+    c.add_argument(
+        "--rewards",
+        default="grounding_iou",
+        help="with --grpo: the recipe's reward names, comma-separated (default grounding_iou)",
+    )
+    c.add_argument(
+        "--max-new-tokens", type=int, default=128, help="with --grpo: grpo.max_new_tokens (default 128)"
+    )
     c.set_defaults(func=check)
     s = actions.add_parser(
         "synth",
@@ -113,7 +127,7 @@ def check(args: argparse.Namespace) -> int:
 
         _, report = check_pair_specs(specs, processor, args.max_length, args.allow_urls, progress=False)
     else:
-        _, report = check_specs(
+        sources, report = check_specs(
             specs,
             processor,
             max_length=args.max_length,
@@ -123,6 +137,8 @@ def check(args: argparse.Namespace) -> int:
             decode=not args.no_decode,
             cache_dir=None,
         )
+    if args.grpo and not args.pairs:
+        report = _check_grpo(args, sources, report, processor)
     print(
         f"{processor.family.title}, max_length {args.max_length}, pixels [{processor.min_pixels}, "
         f"{processor.max_pixels}]"
@@ -130,6 +146,21 @@ def check(args: argparse.Namespace) -> int:
     print(format_report(report, args.max_length, limit=args.limit))
     print("OK: no errors" if report.ok else f"FAILED: {len(report.errors)} error(s)")
     return 0 if report.ok else 1
+
+
+def _check_grpo(args: argparse.Namespace, sources, report, processor):
+    """The GRPO prompt rules of training's start (training/grpo_data.py) on a checked report."""
+    from types import SimpleNamespace
+
+    from ..config.schema import GRPOConfig, RewardSpec
+    from ..training.grpo_data import check_prompts
+
+    grpo = GRPOConfig(
+        max_new_tokens=args.max_new_tokens,
+        rewards=[RewardSpec(name=n.strip()) for n in args.rewards.split(",") if n.strip()],
+    )
+    data = SimpleNamespace(max_length=args.max_length, allow_urls=args.allow_urls)
+    return check_prompts(SimpleNamespace(grpo=grpo, data=data), sources, report, processor)
 
 
 def synth(args: argparse.Namespace) -> int:
