@@ -40,11 +40,11 @@ def test_a_decompression_bomb_is_refused(tmp_path, monkeypatch):
         classify_upload(big, takes_video=True)
 
 
-def test_a_video_is_taken_only_by_generations_with_video(tmp_path):
+def write_clip(path):
+    """An 8-frame 64x48 H.264 clip (PyAV), brightening frame by frame."""
     av = pytest.importorskip("av")
     import numpy as np
 
-    path = tmp_path / "clip.mp4"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=4)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
@@ -54,6 +54,11 @@ def test_a_video_is_taken_only_by_generations_with_video(tmp_path):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    return path
+
+
+def test_a_video_is_taken_only_by_generations_with_video(tmp_path):
+    path = write_clip(tmp_path / "clip.mp4")
     assert classify_upload(path, takes_video=True) == ("video", str(path))
     with pytest.raises(UploadRefused, match="take no video"):
         classify_upload(path, takes_video=False)
@@ -146,18 +151,7 @@ def test_every_generation_answers_an_image_question_on_the_page(tiny_model, name
 
 
 def test_a_video_question_reaches_the_model(pair, tmp_path):
-    av = pytest.importorskip("av")
-    import numpy as np
-
-    path = tmp_path / "clip.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(8):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8))):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    path = write_clip(tmp_path / "clip.mp4")
     session = Session(pair[:1], max_new_tokens=2)  # Qwen2.5-VL takes video
     images, videos = session.check_uploads([str(path)])
     assert images == [] and videos == [str(path)]
