@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.base import smart_resize
+from ..models.base import frame_resize
 
 # Containers FFmpeg demuxes (its wheel in PyAV reads all of them); a path with another suffix is
 # not treated as a video file.
@@ -456,7 +456,7 @@ def resized_frame_size(info: VideoInfo, n_frames: int, rules: FrameRules) -> tup
     if rules.total_pixels is not None:
         share = rules.total_pixels / n_frames * rules.frame_factor
         max_pixels = max(min(rules.max_pixels, share), int(rules.min_pixels * 1.05))
-    return smart_resize(info.height, info.width, rules.size_factor, rules.min_pixels, max_pixels)
+    return frame_resize(info.height, info.width, rules.size_factor, rules.min_pixels, max_pixels)
 
 
 # -- pixels for the vision tower -------------------------------------------------------------------

@@ -424,11 +424,12 @@ class ModelFamily:
     def resized_size(
         self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
     ) -> tuple[int, int]:
-        """(height, width) the image processor resizes an image to (Qwen2-VL's `smart_resize` rule)."""
+        """(height, width) the image processor resizes an image to: `image_resize`, the very function
+        the processor calls, so the data check's token count is the processor's feature count."""
         v = self.vision
         if v.fixed_size is not None:
             return v.fixed_size, v.fixed_size
-        return smart_resize(height, width, v.factor, min_pixels or v.min_pixels, max_pixels or v.max_pixels)
+        return image_resize(height, width, v.factor, min_pixels or v.min_pixels, max_pixels or v.max_pixels)
 
     def image_tokens(
         self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
@@ -512,12 +513,32 @@ def _json_label(text: str, start: int, end: int, previous: int) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Round each side to a multiple of `factor`, then scale so the area falls in [min_pixels, max_pixels]."""
+def image_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) an image is resized to: transformers' `smart_resize`, the function the image
+    processor (`Qwen2VLImageProcessorPil.resize`, for every dynamic-resolution generation) calls.
+
+    Called rather than re-written: for a side under half a `factor` it rounds to 0 and scales up
+    from there (200x1 becomes 812x28, 29 tokens at factor 28), which a re-written rule easily gets
+    wrong, and a count that differs from the processor's is "image features and image tokens do
+    not match" mid-run."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as processor_resize
+
+    _check_shape(height, width)
+    return processor_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def _check_shape(height: int, width: int) -> None:
     if min(height, width) <= 0:
         raise ValueError(f"image has an empty side: {width}x{height}")
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"aspect ratio of a {width}x{height} image exceeds 200, which Qwen VL models refuse")
+
+
+def frame_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """qwen-vl-utils' rule for video frames (`fetch_video`): round each side to a multiple of `factor`
+    (at least one), then scale so the area falls in [min_pixels, max_pixels]. Images follow
+    `image_resize`, which differs for sides under half a factor."""
+    _check_shape(height, width)
     h = max(factor, round(height / factor) * factor)
     w = max(factor, round(width / factor) * factor)
     if h * w > max_pixels:

@@ -45,6 +45,43 @@ def test_budget_matches_transformers_image_processor(family, real_tokenizer):
         assert proc.resized_size(h, w) == (gh * fam.vision.patch_size, gw * fam.vision.patch_size)
 
 
+# The issue's sweep: sides under one or two patches, ratios of exactly 200, an exact factor, a photo.
+SWEEP = [(1, 1), (1, 200), (200, 1), (14, 2800), (2800, 14), (27, 27), (28, 28), (32, 32), (2, 400),
+         (400, 2), (112, 10), (10, 112), (33, 17), (640, 480), (3000, 2000)]  # fmt: skip
+
+
+def published_pixel_settings(fam) -> list[tuple[int, int]]:
+    """(min_pixels, max_pixels): the published preprocessor_config's, the model cards' recommended
+    256..1280 visual tokens, and the tiny recipes' fixed 96x96."""
+    f = fam.vision.factor
+    return [(fam.vision.min_pixels, fam.vision.max_pixels), (256 * f * f, 1280 * f * f), (9216, 9216)]
+
+
+@pytest.mark.parametrize("family", registered(lambda f: f.vision.fixed_size is None))
+def test_the_check_counts_the_processors_features_at_every_size(family, real_tokenizer):
+    """What the data check renders for an image of each size (the pad tokens it counts) equals the
+    feature rows the image processor produces for it, under every published pixel setting: a
+    difference is "image features and image tokens do not match" in the middle of a run."""
+    from qwenvl_ft.data.check import Size
+    from qwenvl_ft.data.conversation import Conversation, Segment, Turn
+    from qwenvl_ft.data.encode import render
+
+    fam = get_family(family)
+    proc = VLProcessor.for_family(fam, real_tokenizer(family))
+    conv = Conversation(
+        "x", [Turn("user", [Segment("image", "x.png")]), Turn("assistant", [Segment("text", "a")])]
+    )
+    merge = fam.vision.merge_size**2
+    for low, high in published_pixel_settings(fam):
+        proc.set_pixel_range(low, high)
+        for w, h in SWEEP:
+            pieces = render(conv, proc, [Size(w, h)])
+            counted = sum(p.repeat for p in pieces if p.text == fam.chat.image_pad)
+            out = proc.images([Image.new("RGB", (w, h), (200, 30, 30))])
+            rows = out["pixel_values"].shape[0] // merge
+            assert counted == rows == int(out["image_grid_thw"][0].prod()) // merge, (w, h, low, high)
+
+
 def test_extreme_aspect_ratio_is_refused():
     with pytest.raises(ValueError, match=r"aspect ratio of a 3000x10 image exceeds 200"):
         get_family("qwen2_vl").image_tokens(10, 3000)
