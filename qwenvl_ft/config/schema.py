@@ -386,12 +386,18 @@ class GRPOConfig:
     """grpo: token mean per answer, then mean over answers; bnpo: mean over every answer token of the
     micro-batch (TRL's default 'dapo' on one process without accumulation); dr_grpo: sum over
     answers / (answers x max_new_tokens)."""
-    scale_rewards: Literal["group", "none"] = "group"
-    """Advantages (reward - group mean) divided by the group's std (group) or not (none, Dr. GRPO)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Advantages (reward - group mean) divided by the group's std (group), by the std of the
+    micro-batch's rewards (batch: a group whose answers differ by little keeps a small advantage),
+    or not at all (none, Dr. GRPO)."""
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("grounding_iou")])
     thinking: bool | None = None
     """Thinking generations: prompts open the think block (true) or close an empty one (false);
     None: the template's default."""
+    drift_window: int = 20
+    """Steps per window of the drift warning (training/drift.py): at the end of each window, a warning
+    when the mean reward did not rise over the previous window while the KL to the reference grew, or
+    fell below the best earlier window; 0: no such check."""
     use_vllm: bool = False
     """Sample the groups with vLLM (GPU only, vllm installed); see README 'GRPO'."""
 
@@ -401,6 +407,10 @@ class GRPOConfig:
             raise ConfigError(
                 f"'grpo.num_generations' must be at least 2 (advantages compare answers within a group), "
                 f"got {self.num_generations}"
+            )
+        if self.drift_window and self.drift_window < 3:
+            raise ConfigError(
+                f"'grpo.drift_window' must be 0 (off) or at least 3 steps, got {self.drift_window}"
             )
         if not 0 < self.top_p <= 1 or self.top_k < 0 or self.beta < 0 or self.num_iterations < 1:
             raise ConfigError(

@@ -36,10 +36,12 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
+from transformers import TrainerCallback
 
 from ..config.schema import GRPOConfig, RecipeConfig
 from ..infer import Predictor
 from ..models.base import ModelFamily
+from .drift import DriftWatch
 from .rewards import Reward
 from .trainer import VLTrainer
 
@@ -59,14 +61,19 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     return trl_selective_log_softmax(logits, index)
 
 
-def group_advantages(rewards: torch.Tensor, group: int, scale: bool = True) -> torch.Tensor:
-    """(reward - its group's mean), divided by the group's std (Bessel-corrected, + 1e-4) when `scale`.
+def group_advantages(rewards: torch.Tensor, group: int, scale: str = "group") -> torch.Tensor:
+    """(reward - its group's mean), divided (TRL's `scale_rewards`) by the group's std ("group"), by the
+    std of all of `rewards` ("batch") or by nothing ("none"); stds Bessel-corrected, + 1e-4.
 
     rewards: (prompts x group,), each prompt's group consecutive."""
     grouped = rewards.view(-1, group)
     advantages = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale:
+    if scale == "group":
         advantages = advantages / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        advantages = advantages / (rewards.std() + 1e-4)
+    elif scale != "none":
+        raise ValueError(f"unknown scale_rewards {scale!r}")
     return advantages.reshape(-1)
 
 
@@ -161,6 +168,9 @@ class GRPOTrainer(VLTrainer):
         self.epsilon_high = grpo.epsilon_high if grpo.epsilon_high is not None else grpo.epsilon
         self._rollouts: dict[tuple[int, ...], Rollout] = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._step_metrics: dict[str, list[float]] = defaultdict(list)  # this optimizer step's, for the watch
+        self.drift = DriftWatch(grpo.drift_window)
+        self.add_callback(WatchDrift(self))
 
     def _prepare_reference(self, reference: torch.nn.Module) -> torch.nn.Module:
         """The frozen copy (full fine-tuning) placed like the policy, as TRL places its reference:
@@ -211,6 +221,7 @@ class GRPOTrainer(VLTrainer):
         )
         for name, value in stats.items():
             self._metrics[name].append(value)
+            self._step_metrics[name].append(value)
         return (loss, None) if return_outputs else loss
 
     # -- rollout -------------------------------------------------------------------------------
@@ -292,7 +303,9 @@ class GRPOTrainer(VLTrainer):
         self._metrics["reward_group_std"].append(std.mean().item())
         self._metrics["frac_reward_zero_std"].append((std < 1e-6).float().mean().item())
         self._metrics["completion_length"].append(mask.sum(1).float().mean().item())
-        return group_advantages(total, g, self.grpo.scale_rewards == "group")
+        self._step_metrics["reward"].append(total.mean().item())
+        self._step_metrics["completion_length"].append(mask.sum(1).float().mean().item())
+        return group_advantages(total, g, self.grpo.scale_rewards)
 
     def _logps(self, model, rollout: Rollout) -> torch.Tensor:
         return answer_logps(model, rollout.inputs, rollout.completion_ids, self.grpo.temperature)
@@ -319,6 +332,32 @@ class GRPOTrainer(VLTrainer):
             logs.update({k: round(sum(v) / len(v), 4) for k, v in self._metrics.items()})
             self._metrics.clear()
         super().log(logs, start_time)
+
+
+class WatchDrift(TrainerCallback):
+    """Feeds each optimizer step's mean reward, KL and answer length to the trainer's `DriftWatch` and
+    logs its warning (first rank); the reward's first and last steps at the end of the run."""
+
+    def __init__(self, trainer: GRPOTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t = self.trainer
+        step, t._step_metrics = t._step_metrics, defaultdict(list)
+        if not step.get("reward") or not state.is_world_process_zero:
+            return  # a step that reused its rollouts (num_iterations > 1) has no new rewards
+
+        def mean(key: str) -> float | None:
+            return sum(step[key]) / len(step[key]) if step.get(key) else None
+
+        warning = t.drift.add(state.global_step, mean("reward"), mean("kl"), mean("completion_length"))
+        if warning:
+            log.warning(f"GRPO may be drifting: {warning}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        summary = self.trainer.drift.summary()
+        if summary and state.is_world_process_zero:
+            log.info(f"GRPO: {summary}")
 
 
 def answer_logps(

@@ -20,7 +20,9 @@ tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard libr
 
 def project_requirements() -> dict[str, Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    specs = project["dependencies"] + [s for extra in project["optional-dependencies"].values() for s in extra]
+    specs = project["dependencies"] + [
+        s for extra in project["optional-dependencies"].values() for s in extra
+    ]
     return {Requirement(s).name.lower(): Requirement(s) for s in specs}
 
 

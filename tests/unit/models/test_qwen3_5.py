@@ -241,8 +241,8 @@ def test_full_fine_tuning_trains_conv1d_a_log_and_dt_bias(tiny):
 
 def test_moe_router_loss_is_on_in_the_loss_and_logged(tiny, capsys):
     from qwenvl_ft.config import load_recipe
-    from qwenvl_ft.training.setup import load_model
     from qwenvl_ft.training.data_wait import DataWait
+    from qwenvl_ft.training.setup import load_model
     from qwenvl_ft.training.trainer import VLTrainer
 
     f = get_family("qwen3_5_moe")

@@ -28,9 +28,15 @@ def test_group_advantages_by_hand():
         0.1 / (0.14142 + 1e-4),
     ]
     assert got.tolist() == pytest.approx(want, rel=1e-4)
-    assert group_advantages(rewards, 2, scale=False).tolist() == pytest.approx([0.5, -0.5, 0, 0, -0.1, 0.1])
+    assert group_advantages(rewards, 2, scale="none").tolist() == pytest.approx([0.5, -0.5, 0, 0, -0.1, 0.1])
+    # batch: the same centred rewards over the std of all six, sqrt(0.57333 / 5) = 0.33863
+    centred = [0.5, -0.5, 0.0, 0.0, -0.1, 0.1]
+    got = group_advantages(rewards, 2, scale="batch").tolist()
+    assert got == pytest.approx([c / (0.338625 + 1e-4) for c in centred], rel=1e-4)
+    with pytest.raises(ValueError, match="unknown scale_rewards"):
+        group_advantages(rewards, 2, scale="sometimes")
     # groups of 3: (1, 0, 0.5) and (0.5, 0.2, 0.4)
-    assert group_advantages(rewards, 3, scale=False).tolist() == pytest.approx(
+    assert group_advantages(rewards, 3, scale="none").tolist() == pytest.approx(
         [0.5, -0.5, 0.0, 0.5 - 1.1 / 3, 0.2 - 1.1 / 3, 0.4 - 1.1 / 3]
     )
 
