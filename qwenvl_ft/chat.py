@@ -30,6 +30,9 @@ Box = tuple[float, float, float, float]
 class Chat:
     def __init__(self, predictor: Predictor, system: str | None = None, max_new_tokens: int = 512):
         self.predictor, self.system, self.max_new_tokens = predictor, system, max_new_tokens
+        # What a person types (and the model's own answers in the history) is text: `<|im_end|>` typed
+        # in a question must not end the turn (data/special_text.py).
+        predictor.processor.special_text = "escape"
         self.reset()
 
     def reset(self) -> None:

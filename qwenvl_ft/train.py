@@ -61,6 +61,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
     processor.video_config = cfg.data.video
     processor.thinking = cfg.data.thinking
     processor.image_decode = cfg.data.image_decode
+    processor.special_text = cfg.data.special_text
     if cfg.train.method == "dpo":  # chosen / rejected answer pairs: training/dpo.py
         from .training.dpo import run_dpo
 
@@ -120,7 +121,9 @@ def train(cfg: RecipeConfig) -> TrainResult:
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wait = trainer.data_wait.run_share()
     if wait is not None and trainer.is_world_process_zero():
-        log.info(data_wait_summary(wait, cfg.data.num_workers, cfg.data.image_decode))
+        log.info(
+            data_wait_summary(wait, cfg.data.num_workers, cfg.data.image_decode, trainer.data_wait.run_wait())
+        )
     if samples.skipped():  # data.on_load_error: skip; each was logged when it failed
         log.warning(
             f"{samples.skipped()} sample(s) failed to load and were skipped (data.on_load_error: skip)"

@@ -61,6 +61,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--thinking", choices=list(Thinking.__args__), help="how reasoning is rendered (recipe data.thinking)"
     )
+    c.add_argument(
+        "--special-text",
+        choices=["error", "escape"],
+        default="error",
+        help="text spelling a control token such as <|im_end|>: an error (default), or plain text "
+        "(recipe data.special_text)",
+    )
     c.add_argument("--fps", type=float, help="video frames sampled per second (default: the generation's, 2)")
     c.add_argument("--num-frames", type=int, help="a fixed number of frames per video instead of --fps")
     c.add_argument("--max-frames", type=int, help="at most this many frames per video")
@@ -121,6 +128,7 @@ def check(args: argparse.Namespace) -> int:
     )
     processor.video_config.validate()
     processor.thinking = args.thinking
+    processor.special_text = args.special_text
     specs = [DatasetSpec(path=p, format=args.format, image_root=args.image_root) for p in args.data]
     if args.pairs:
         from ..data.pairs import check_pair_specs

@@ -158,6 +158,10 @@ class DataConfig:
     difference from it 0.006 (12 MP) and 0.010 (3 MP), about 0.4 and 0.7 of 255 levels, less than JPEG
     quality 90 itself moves them (0.009, 0.018); max 0.34 and 0.55, at sharp fine texture. Images
     within the budget, PNGs, and inference are untouched (byte-identical to exact)."""
+    special_text: Literal["error", "escape"] = "error"
+    """Text in a sample that spells one of the generation's vision or chat-control special tokens
+    (`<|im_end|>`, `<|image_pad|>`, ...; README 'Data'): error: the data check reports it at the
+    sample's file:line; escape: it is tokenized as plain text and means nothing."""
     packing: bool = False
     """Concatenate samples into rows of `pack_length` tokens with no padding; each sample keeps its own
     attention span, positions (mRoPE included) and loss. `train.per_device_batch_size` then counts rows."""

@@ -227,6 +227,7 @@ def check_sources(
                 processor.max_pixels,
                 asdict(processor.video_config) if processor.video_config is not None else None,
                 processor.thinking,
+                getattr(processor, "special_text", "error"),
                 max_length,
                 overlength,
                 supervise,
@@ -244,6 +245,10 @@ def check_sources(
     total = sum(len(s) for s in sources)
     with tqdm(total=total, desc="checking data", unit="sample", disable=not progress) as bar:
         for s, source in enumerate(sources):
+            if not len(source):  # training on nothing is never what was meant
+                report.errors.append(
+                    Problem(str(source.path), "no samples: the dataset is empty (or blank lines only)")
+                )
             for i in range(len(source)):
                 bar.update()
                 report.samples += 1

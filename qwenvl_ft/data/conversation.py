@@ -44,6 +44,10 @@ class Segment:
 
     kind: Literal["text", "image", "video", "ref", "box"]
     value: object
+    around: tuple[str, str] | None = field(default=None, compare=False)
+    """An image's own text before and after it as the source wrote it (first-generation Qwen-VL data:
+    "Picture 1: " or "Picture 1:" or nothing, and a newline or not), written as it is by a generation
+    that introduces images with such text; None: that generation's own ("Picture N: ", newline)."""
 
 
 @dataclass

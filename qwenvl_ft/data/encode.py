@@ -19,12 +19,15 @@ it (`inline`, their default: R1-style `<think>...</think>` answers), or not at a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from ..models.capabilities import thinking_mode_problem
 from .conversation import Box, Conversation, Turn
 from .readers import DataError
+from .special_text import check_data_text, tokenize_escaped
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +49,9 @@ class Piece:
     repeat: int = 1
     modality: int = 0
     """0 text, 1 image, 2 video: transformers' `mm_token_type_ids` for the mRoPE position rules."""
+    literal: tuple[str, ...] = ()
+    """Control tokens this text from the data spells, to be tokenized as the plain text they are
+    (`data.special_text: escape`, data/special_text.py)."""
 
 
 @dataclass
@@ -85,30 +91,42 @@ def render(
     n_image = n_video = 0
     for i, turn in enumerate(turns):
         sup = turn.role == "assistant" and (supervise != "last_assistant" or i == last_assistant)
+        where = f"turn {i + 1} ({turn.role})"
+        data = partial(data_piece, processor=processor, where=where)
         pieces += [Piece(chat.im_start, frame, True), Piece(f"{turn.role}\n", False)]
         if shown[i] is not None:
-            pieces.append(Piece(chat.think.block(shown[i]), sup and bool(shown[i])))
+            block, shown_sup = chat.think.block(shown[i]), sup and bool(shown[i])
+            head, _, tail = block.partition(shown[i]) if shown[i] else (block, "", "")
+            pieces += [Piece(head, shown_sup), data(shown[i], shown_sup, "reasoning"), Piece(tail, shown_sup)]
         content_start = len(pieces)
         if turn.reasoning and not processor.family.thinking and processor.thinking != "drop":
-            pieces.append(Piece(inline_reasoning(turn), sup))
+            pieces.append(data(inline_reasoning(turn), sup, "reasoning"))
         for seg in turn.segments:
             if seg.kind == "text":
-                pieces.append(Piece(str(seg.value), sup))
+                pieces.append(data(str(seg.value), sup))
             elif seg.kind == "image":
                 image = images[n_image]
                 n_image += 1
-                if chat.image_prefix:
-                    pieces.append(Piece(chat.image_prefix.format(n=n_image), sup))
+                # The image's own text ("Picture N: ", a newline) on generations that write one:
+                # as the source wrote it when it did (first-generation data), else the generation's.
+                before, after = (
+                    seg.around or (chat.image_prefix.format(n=n_image), chat.image_suffix)
+                    if chat.image_prefix
+                    else ("", "")
+                )
+                if before:
+                    pieces.append(data(before, sup, "image text"))
                 n = processor.image_tokens(image.height, image.width)
                 pieces += [
                     Piece(chat.image_open, False, True),
                     Piece(chat.image_pad, False, True, n, modality=1),
                     Piece(chat.image_close, False, True),
                 ]
-                if chat.image_suffix:
-                    pieces.append(Piece(chat.image_suffix, sup))
-            elif seg.kind == "ref":
-                pieces.append(Piece(processor.family.format_ref(str(seg.value)), sup))
+                if after:
+                    pieces.append(Piece(after, sup))
+            elif seg.kind == "ref":  # the family's ref markup around the data's text
+                before, _, after = processor.family.boxes.ref.partition("{}")
+                pieces += [Piece(before, sup), data(str(seg.value), sup, "referring text"), Piece(after, sup)]
             elif seg.kind == "box":
                 pieces.append(Piece(box_text(seg.value, images, processor, conv.id), sup))
             elif seg.kind == "video":
@@ -127,6 +145,13 @@ def render(
             _trim(pieces, content_start)
         pieces += [Piece(chat.im_end, sup or frame, True), Piece("\n", frame)]
     return pieces
+
+
+def data_piece(
+    text: str, supervised: bool, what: str = "text", *, processor: VLProcessor, where: str
+) -> Piece:
+    """Text the data wrote (not our markup): refused, or escaped, when it spells a control token."""
+    return Piece(text, supervised, literal=check_data_text(text, processor, f"{where} {what}"))
 
 
 def inline_reasoning(turn: Turn) -> str:
@@ -197,8 +222,21 @@ def tokenize(pieces: list[Piece], tokenizer) -> tuple[list[int], list[int], list
         text = "".join(p.text for p in run)
         # Which piece each character belongs to, so a token is labelled by where it starts.
         owner = [j for j, p in enumerate(run) for _ in p.text]
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        for tid, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        escaped, at = [], 0  # control tokens the data spelled, to be tokenized as the text they are
+        for p in run:
+            escaped += [
+                (at + m.start(), at + m.end()) for t in p.literal for m in re.finditer(re.escape(t), p.text)
+            ]
+            at += len(p.text)
+        if escaped:
+            pairs = tokenize_escaped(text, escaped, tokenizer)
+        else:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            pairs = [
+                (tid, start)
+                for tid, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+            ]
+        for tid, start in pairs:
             ids.append(tid)
             labels.append(tid if run[owner[min(start, len(owner) - 1)]].supervised else IGNORE)
             types.append(0)

@@ -221,6 +221,10 @@ def check_pair_sources(
         total=sum(len(s) for s in sources), desc="checking pairs", unit="pair", disable=not progress
     ) as bar:
         for s, source in enumerate(sources):
+            if not len(source):
+                report.errors.append(
+                    Problem(str(source.path), "no samples: the dataset is empty (or blank lines only)")
+                )
             for i in range(len(source)):
                 bar.update()
                 report.samples += 1

@@ -38,14 +38,20 @@ ROLE_ALIASES = {
     "assistant": "assistant",
     "system": "system",
 }
+# As Qwen-VL's tokenizer reads its markup: `<img>...</img>` is an image wherever it stands ("Picture N: "
+# before it is ordinary text the data may or may not write), `<ref>...</ref>` a referring expression,
+# `<box>(x1,y1),(x2,y2)</box>` a box in [0, 1000) (spaces tolerated, integers required).
+_NUM = r"\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*"
 _QWEN_VL_TOKENS = re.compile(
-    r"Picture \d+:\s?<img>(?P<img>.*?)</img>\n?"
+    r"(?P<pre>Picture \d+:\s?)?<img>(?P<img>.*?)</img>(?P<nl>\n?)"
     r"|<ref>(?P<ref>.*?)</ref>"
-    r"|<box>\((?P<x1>\d+),(?P<y1>\d+)\),\((?P<x2>\d+),(?P<y2>\d+)\)</box>",
+    rf"|<box>\s*\({_NUM},{_NUM}\)\s*,\s*\({_NUM},{_NUM}\)\s*</box>",
     re.S,
 )
+_QWEN_VL_MARKUP = ("<img>", "</img>", "<ref>", "</ref>", "<box>", "</box>")
 _PLACEHOLDERS = re.compile(r"<image>|<video>|<ref-object>|<bbox>")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+BOM = b"\xef\xbb\xbf"
 
 
 class DataError(ValueError):
@@ -68,11 +74,14 @@ def detect_format(record: dict[str, Any]) -> str:
     if "conversations" in record:
         convs = record["conversations"]
         first = convs[0] if isinstance(convs, list) and convs else {}
-        if (
-            "image" in record
-            or "video" in record
-            or (isinstance(first, dict) and first.get("from") in ("human", "gpt"))
-        ):
+        if "image" in record or "video" in record:
+            return "llava"
+        # Qwen-VL's own data names its roles user / assistant, but sets converted from LLaVA keep
+        # human / gpt: the `<img>` markup, not the role names, tells the two formats apart.
+        markup = isinstance(convs, list) and any(
+            isinstance(m, dict) and isinstance(m.get("value"), str) and "<img>" in m["value"] for m in convs
+        )
+        if not markup and isinstance(first, dict) and first.get("from") in ("human", "gpt"):
             return "llava"
         return "qwen_vl"
     raise DataError(f"record has neither 'messages' nor 'conversations' (keys: {', '.join(sorted(record))})")
@@ -188,24 +197,50 @@ def _read_qwen_vl(record: dict[str, Any], base: Path) -> Conversation:
     for k, msg in enumerate(record["conversations"]):
         role = _role(msg["from"])
         reasoning, text, verbatim = _reasoning(msg, role, k, msg["value"])
+        if not isinstance(text, str):
+            raise DataError(f"turn {k + 1}: 'value' must be a string, got {type(text).__name__}")
         segments, pos = [], 0
         for m in _QWEN_VL_TOKENS.finditer(text):
             if m.start() > pos:
-                segments.append(Segment("text", text[pos : m.start()]))
+                segments.append(_plain(text[pos : m.start()], k))
             if m.group("img") is not None:
-                segments.append(Segment("image", _media(m.group("img"), base)))
+                around = (m.group("pre") or "", m.group("nl"))
+                segments.append(Segment("image", _media(m.group("img"), base), around=around))
                 n_images += 1
             elif m.group("ref") is not None:
                 segments.append(Segment("ref", m.group("ref")))
             else:
-                coords = [int(m.group(k)) for k in ("x1", "y1", "x2", "y2")]
                 # A box refers to the most recent image; Qwen-VL data writes it in [0, 1000).
+                coords = _box_integers(m.group(0), m.groups()[-4:], k)
                 segments.append(Segment("box", Box(*coords, image=max(n_images - 1, 0), normalized=True)))
             pos = m.end()
         if pos < len(text):
-            segments.append(Segment("text", text[pos:]))
+            segments.append(_plain(text[pos:], k))
         turns.append(Turn(role, segments, reasoning, verbatim))
     return Conversation(id="", turns=turns)
+
+
+def _box_integers(markup: str, groups: tuple[str, ...], k: int) -> list[int]:
+    """The coordinates of a `<box>`: integers, as Qwen-VL writes them in [0, 1000)."""
+    if not all(re.fullmatch(r"[-+]?\d+", g) for g in groups):
+        hint = " (normalised to [0, 1]? multiply by 1000)" if all(float(g) <= 1 for g in groups) else ""
+        raise DataError(
+            f"turn {k + 1}: {markup!r}: Qwen-VL box coordinates are integers in [0, 1000), got "
+            f"{', '.join(groups)}{hint}"
+        )
+    return [int(g) for g in groups]
+
+
+def _plain(text: str, k: int) -> Segment:
+    """Text between Qwen-VL markup; markup left in it is malformed (never trained as plain text)."""
+    for tag in _QWEN_VL_MARKUP:
+        if tag in text:
+            start = text.find(tag)
+            raise DataError(
+                f"turn {k + 1}: malformed Qwen-VL markup {text[start : start + 60]!r}: {tag} without its "
+                "pair (expected <img>PATH</img>, <ref>TEXT</ref>, <box>(x1,y1),(x2,y2)</box>)"
+            )
+    return Segment("text", text)
 
 
 def _read_llava(record: dict[str, Any], base: Path) -> Conversation:
@@ -348,6 +383,8 @@ def parse_json(raw: bytes, path: Path, line: int | None = None) -> Any:
     def at(lineno: int) -> str:
         return f"{path}:{line or lineno}"
 
+    if raw.startswith(BOM) and line in (None, 1):
+        raw = raw[len(BOM) :]  # a byte-order mark some editors and exporters put at a file's start
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -381,7 +418,7 @@ class JsonlIndex:
         with open(self.path, "rb") as f:
             offset = 0
             for lineno, raw in enumerate(f, start=1):
-                if raw.strip():
+                if (raw[len(BOM) :] if lineno == 1 and raw.startswith(BOM) else raw).strip():
                     self.offsets.append(offset)
                     self.lines.append(lineno)
                 offset += len(raw)

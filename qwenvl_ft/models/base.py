@@ -361,6 +361,15 @@ class ModelFamily:
         raise NotImplementedError(f"{self.title}: no stand-in vision tower (models/standin.py)")
 
     # -- chat ------------------------------------------------------------------------------------
+    def control_tokens(self) -> tuple[str, ...]:
+        """Special tokens that a sample's text must never turn into (data/special_text.py): the
+        image / video span and pad tokens (the chat format's and every `<|vision_*|>`, `<|image_*|>`,
+        `<|video_*|>` special token) and the turn and stop tokens."""
+        c = self.chat
+        vision = [t for t in self.special_tokens if re.fullmatch(r"<\|(?:vision|image|video)_\w+\|>", t)]
+        tokens = [c.image_open, c.image_pad, c.image_close, c.video_pad, *vision, c.im_start, c.im_end]
+        return tuple(dict.fromkeys(t for t in [*tokens, *c.stop_tokens] if t))
+
     def generation_prompt(self, thinking: bool | None = None) -> str:
         """Text after `<|im_start|>` that opens the assistant's answer, as the official template's
         `add_generation_prompt` writes it; `thinking` (None: the checkpoint's default) only matters to

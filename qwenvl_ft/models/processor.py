@@ -39,6 +39,8 @@ class VLProcessor:
     """The recipe's `data.thinking` (how reasoning is rendered); None: the official template's way."""
     image_decode: Literal["draft", "exact"] = "exact"
     """The recipe's `data.image_decode`: how `load_image` decodes JPEGs larger than the resize target."""
+    special_text: Literal["error", "escape"] = "error"
+    """The recipe's `data.special_text`: text spelling a control token is an error, or plain text."""
 
     @classmethod
     def from_pretrained(

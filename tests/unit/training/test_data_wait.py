@@ -111,3 +111,11 @@ def test_the_end_of_run_line():
         "(model.max_pixels) before training"
     )
     assert "image_decode" not in summary(0.25, 4, "draft")
+    # A large share of a tiny step is no hint: 6 ms of 50 ms, the tiny recipes on CPU.
+    assert (
+        summary(0.12, 0, "draft", 0.006)
+        == "waiting for data: 12.0% of the training step time (6 ms per step)"
+    )
+    assert summary(0.12, 0, "draft", 0.03).startswith(
+        "waiting for data: 12.0% of the training step time (30 ms per step): the run is input-bound; raise"
+    )
