@@ -17,8 +17,8 @@ from qwenvl_ft.cli import main
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "qwen3_vl_grounding.yaml"
 
 
-def build_grounding_run(root: Path, steps: int = 80) -> tuple[Path, Path, Path]:
-    """(base model, LoRA run, held-out data file) under `root`."""
+def build_grounding_run(root: Path, steps: int = 80, seed: int = 0) -> tuple[Path, Path, Path]:
+    """(base model, LoRA run, held-out data file) under `root`; `seed`: the training run's."""
     model, data, run = root / "model", root / "data", root / "lora"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small trains fastest on one thread
@@ -33,7 +33,7 @@ def build_grounding_run(root: Path, steps: int = 80) -> tuple[Path, Path, Path]:
         assert main([
             "train", str(RECIPE), f"model.path={model}", f"output.dir={run}", "output.overwrite=true",
             f"data.train=[{{path: {data / 'train' / 'data.jsonl'}}}]", f"data.eval=[{{path: {heldout}}}]",
-            f"train.max_steps={steps}", "data.num_workers=0",
+            f"train.max_steps={steps}", "data.num_workers=0", f"train.seed={seed}",
         ]) == 0  # fmt: skip
     finally:
         torch.set_num_threads(threads)

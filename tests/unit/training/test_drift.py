@@ -76,3 +76,29 @@ def test_window_zero_is_off_and_the_summary_needs_two_spans():
     feed(watch, [0.1] * 10 + [0.4] * 10)
     assert watch.summary() == "reward 0.100 (mean of the first 10 steps) -> 0.400 (last 10)"
     assert DriftWatch(20).summary() is None
+
+
+def test_the_trainer_callback_feeds_one_mean_per_step_and_logs_the_warning(caplog):
+    """GRPOTrainer's WatchDrift: each optimizer step's micro-batch values averaged into one point;
+    steps that reused their rollouts (no rewards) skipped; the warning and the summary logged."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from qwenvl_ft.training.grpo import WatchDrift
+
+    trainer = SimpleNamespace(_step_metrics=defaultdict(list), drift=DriftWatch(20))
+    callback = WatchDrift(trainer)
+    levels = [0.15 + 0.15 * k / 39 for k in range(40)] + [0.19] * 20  # learns, then falls
+    with caplog.at_level("INFO", logger="qwenvl_ft"):
+        for step, level in enumerate(noisy(levels), start=1):
+            trainer._step_metrics["reward"] += [level - 0.01, level + 0.01]  # two micro-batches
+            trainer._step_metrics["completion_length"] += [20.0, 20.0]
+            callback.on_step_end(None, SimpleNamespace(global_step=step, is_world_process_zero=True), None)
+            callback.on_step_end(None, SimpleNamespace(global_step=step, is_world_process_zero=True), None)
+        callback.on_train_end(None, SimpleNamespace(is_world_process_zero=True), None)
+    assert trainer.drift.rewards == pytest.approx(noisy(levels))  # the second call of a step had nothing
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING" and r.name == "qwenvl_ft"]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "GRPO may be drifting: steps 41-60: the mean reward fell"
+    )
+    assert any(r.message.startswith("GRPO: reward 0.1") for r in caplog.records)
