@@ -110,7 +110,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
         merger_lr=cfg.train.merger_lr,
         group_by_length=cfg.data.group_by_length and not cfg.data.packing,
         loss="liger" if cfg.train.liger and cfg.train.loss == "chunked" else cfg.train.loss,
-        media_kinds=any(p.images for p in report.plan) + any(p.videos for p in report.plan),
+        media_kinds=report.plan.media_kinds(),
         task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, family)
         if cfg.eval.generate
         else None,

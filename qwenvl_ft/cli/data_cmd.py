@@ -78,6 +78,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--limit", type=int, default=50, help="problems listed per kind (default 50)")
     c.add_argument(
+        "--workers",
+        type=int,
+        help="processes that check (default: one per free core; one for a set under 2,000 samples)",
+    )
+    c.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="check again instead of reading the result cached for these files and settings",
+    )
+    c.add_argument(
         "--pairs",
         action="store_true",
         help="the data are DPO pairs (chosen / rejected answers; data/pairs.py): check them as pairs",
@@ -120,7 +130,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
-    from ..data.check import check_specs, format_report
+    from ..data.check import SampleRules
+    from ..data.checking import check_datasets, format_report
+    from ..data.dataset import CACHE_DIR
 
     processor = _processor(args)
     processor.video_config = VideoConfig(
@@ -130,23 +142,18 @@ def check(args: argparse.Namespace) -> int:
     processor.thinking = args.thinking
     processor.special_text = args.special_text
     specs = [DatasetSpec(path=p, format=args.format, image_root=args.image_root) for p in args.data]
+    cache = None if args.no_cache else CACHE_DIR
     if args.pairs:
-        from ..data.pairs import check_pair_specs
+        from ..data.pairs import PairRules
 
-        _, report = check_pair_specs(specs, processor, args.max_length, args.allow_urls, progress=False)
+        rules = PairRules(args.max_length, args.allow_urls)
+    elif args.grpo:
+        rules = _prompt_rules(args)
     else:
-        sources, report = check_specs(
-            specs,
-            processor,
-            max_length=args.max_length,
-            overlength=args.overlength,
-            supervise=args.supervise,
-            allow_urls=args.allow_urls,
-            decode=not args.no_decode,
-            cache_dir=None,
+        rules = SampleRules(
+            args.max_length, args.overlength, args.supervise, args.allow_urls, not args.no_decode
         )
-    if args.grpo and not args.pairs:
-        report = _check_grpo(args, sources, report, processor)
+    _, report = check_datasets(rules, specs, processor, workers=args.workers, cache_dir=cache)
     print(
         f"{processor.family.title}, max_length {args.max_length}, pixels [{processor.min_pixels}, "
         f"{processor.max_pixels}]"
@@ -156,19 +163,15 @@ def check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _check_grpo(args: argparse.Namespace, sources, report, processor):
-    """The GRPO prompt rules of training's start (training/grpo_data.py) on a checked report."""
-    from types import SimpleNamespace
+def _prompt_rules(args: argparse.Namespace):
+    """The GRPO prompt rules of training's start (training/grpo_data.py) from the command line."""
+    from ..training.grpo_data import PromptRules
 
-    from ..config.schema import GRPOConfig, RewardSpec
-    from ..training.grpo_data import check_prompts
-
-    grpo = GRPOConfig(
-        max_new_tokens=args.max_new_tokens,
-        rewards=[RewardSpec(name=n.strip()) for n in args.rewards.split(",") if n.strip()],
-    )
-    data = SimpleNamespace(max_length=args.max_length, allow_urls=args.allow_urls)
-    return check_prompts(SimpleNamespace(grpo=grpo, data=data), sources, report, processor)
+    names = [n.strip() for n in args.rewards.split(",") if n.strip()]
+    return PromptRules(
+        args.max_length, args.overlength, args.supervise, args.allow_urls, not args.no_decode,
+        None, args.max_new_tokens, "grounding_iou" in names,
+    )  # fmt: skip
 
 
 def synth(args: argparse.Namespace) -> int:

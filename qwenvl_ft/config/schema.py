@@ -148,6 +148,9 @@ class DataConfig:
     (else the nearest shorter) in its place, so packed rows and length groups stay as planned."""
     num_workers: int = 2
     """Loader processes per rank: images are decoded, resized and encoded there, off the training step."""
+    check_workers: int | None = None
+    """Processes of the data check before training (one rank per node checks, README 'Large datasets');
+    None: one per free core, one for a set under 2,000 samples."""
     prefetch_factor: int = 4
     """Batches each loader process prepares ahead."""
     image_decode: Literal["draft", "exact"] = "draft"
@@ -195,6 +198,10 @@ class DataConfig:
                 f"({self.max_length}): the longest sample would not fit in a row"
             )
         self.video.validate()
+        if self.check_workers is not None and self.check_workers < 1:
+            raise ConfigError(
+                f"'data.check_workers' must be at least 1 (or null: the free cores), got {self.check_workers}"
+            )
         if self.num_workers < 0 or self.prefetch_factor < 1:
             raise ConfigError("'data.num_workers' must be >= 0 and 'data.prefetch_factor' >= 1")
 

@@ -14,17 +14,25 @@ error at the file (`check_specs`); the other samples are still checked.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from .. import __version__
+from .checking import (  # noqa: F401  (the report's pieces, where callers have always found them)
+    CheckReport,
+    Outcome,
+    Problem,
+    check_datasets,
+    error_message,
+    format_report,
+    open_sources,
+    run_check,
+)
 from .clips import VideoClip, plan_clip
 from .conversation import Box, Conversation
 from .encode import IGNORE, render, tokenize
 from .images import ImageError, image_size, load_image
+from .plan import SAMPLE_ROW, PlanItem, row  # noqa: F401
 from .readers import DataError
 from .sources import Source
 from .video import VideoError
@@ -40,54 +48,6 @@ class Size:
 
     width: int
     height: int
-
-
-@dataclass
-class Problem:
-    where: str
-    message: str
-
-
-@dataclass
-class PlanItem:
-    source: int
-    index: int
-    turns: int
-    """Turns kept (fewer than the sample has when it was truncated)."""
-    length: int
-    """Exact token count, visual tokens included: the encoder must produce exactly this."""
-    images: int
-    videos: int = 0
-    video_frames: int = 0
-
-
-@dataclass
-class CheckReport:
-    samples: int = 0
-    errors: list[Problem] = field(default_factory=list)
-    dropped: list[Problem] = field(default_factory=list)
-    truncated: list[Problem] = field(default_factory=list)
-    plan: list[PlanItem] = field(default_factory=list)
-    cached: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if k != "cached"})
-
-    @classmethod
-    def from_json(cls, text: str) -> CheckReport:
-        raw = json.loads(text)
-        return cls(
-            samples=raw["samples"],
-            errors=[Problem(**p) for p in raw["errors"]],
-            dropped=[Problem(**p) for p in raw["dropped"]],
-            truncated=[Problem(**p) for p in raw["truncated"]],
-            plan=[PlanItem(**p) for p in raw["plan"]],
-            cached=True,
-        )
 
 
 def structure_problems(conv: Conversation) -> list[str]:
@@ -204,6 +164,68 @@ def _length(
     return len(ids), sum(lab != IGNORE for lab in labels)
 
 
+@dataclass(frozen=True)
+class SampleRules:
+    """The SFT sample check (module docstring), as the check loop (checking.py) runs it."""
+
+    max_length: int
+    overlength: Literal["drop", "truncate"] = "drop"
+    supervise: str = "all_assistant"
+    allow_urls: bool = False
+    decode: bool = True
+    unit: ClassVar[str] = "sample"
+    dtype: ClassVar = SAMPLE_ROW
+
+    def open(self, spec: DatasetSpec, cache_dir: Path | None) -> Source:
+        return Source(spec, cache_dir)
+
+    def key(self) -> list:
+        return [self.max_length, self.overlength, self.supervise, self.allow_urls, self.decode]
+
+    def check(self, source: Source, s: int, i: int, processor: VLProcessor) -> Outcome:
+        try:
+            conv = source.conversation(i)  # raises DataError only, starting with the location
+        except DataError as e:
+            return Outcome([Problem(e.where or source.where(i), e.what)])
+        try:
+            res = check_sample(
+                conv,
+                processor,
+                self.max_length,
+                self.overlength,
+                self.supervise,
+                self.allow_urls,
+                self.decode,
+            )
+        except Exception as e:  # whatever else decoding or encoding raises: an error at the sample
+            return Outcome([Problem(conv.id, error_message(e))])
+        return outcome(res, conv, s, i, self.max_length)
+
+
+def outcome(res: SampleCheck, conv: Conversation, s: int, i: int, max_length: int) -> Outcome:
+    """One checked sample's fate: its errors, or dropped / truncated, and its plan row."""
+    if res.problems:
+        return Outcome([Problem(conv.id, p) for p in res.problems])
+    if res.keep is None:
+        # Name the videos' share: a long clip is the usual reason, and fps / max_frames /
+        # max_pixels in data.video are the levers.
+        videos = "".join(f"; video {c.path}: {c.describe()}" for c in res.kept_videos)
+        return Outcome(
+            dropped=Problem(conv.id, f"{res.length} tokens > max_length {max_length}: dropped{videos}")
+        )
+    truncated = None
+    if res.keep < len(conv.turns):
+        truncated = Problem(
+            conv.id, f"{res.length} tokens: kept the first {res.keep} turns ({res.kept_length})"
+        )
+    frames = sum(len(c.indices) for c in res.kept_videos)
+    values = row(
+        SAMPLE_ROW, source=s, index=i, turns=res.keep, length=res.kept_length, images=res.kept_images,
+        videos=len(res.kept_videos), video_frames=frames,
+    )  # fmt: skip
+    return Outcome(truncated=truncated, row=values)
+
+
 def check_sources(
     sources: list[Source],
     processor: VLProcessor,
@@ -214,150 +236,27 @@ def check_sources(
     decode: bool = True,
     cache_dir: Path | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> CheckReport:
-    """Check every sample of every source; reuse a cached report when nothing that matters changed."""
-    key = hashlib.sha256(
-        json.dumps(
-            [
-                [s.fingerprint() for s in sources],
-                [s.spec.format for s in sources],
-                processor.family.name,
-                len(processor.tokenizer),
-                processor.min_pixels,
-                processor.max_pixels,
-                asdict(processor.video_config) if processor.video_config is not None else None,
-                processor.thinking,
-                getattr(processor, "special_text", "error"),
-                max_length,
-                overlength,
-                supervise,
-                decode,
-                __version__,
-            ]
-        ).encode()
-    ).hexdigest()[:24]
-    cache_file = cache_dir / f"{key}.json" if cache_dir else None
-    if cache_file and cache_file.is_file():
-        return CheckReport.from_json(cache_file.read_text())
-    from tqdm.auto import tqdm
-
-    report = CheckReport()
-    total = sum(len(s) for s in sources)
-    with tqdm(total=total, desc="checking data", unit="sample", disable=not progress) as bar:
-        for s, source in enumerate(sources):
-            if not len(source):  # training on nothing is never what was meant
-                report.errors.append(
-                    Problem(str(source.path), "no samples: the dataset is empty (or blank lines only)")
-                )
-            for i in range(len(source)):
-                bar.update()
-                report.samples += 1
-                try:
-                    conv = source.conversation(i)  # raises DataError only, starting with the location
-                except DataError as e:
-                    report.errors.append(Problem(e.where or source.where(i), e.what))
-                    continue
-                try:
-                    res = check_sample(conv, processor, max_length, overlength, supervise, allow_urls, decode)
-                except Exception as e:  # whatever else decoding or encoding raises: an error at the sample
-                    report.errors.append(Problem(conv.id, error_message(e)))
-                    continue
-                _record(report, res, conv, s, i, max_length)
-    if cache_file:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(report.to_json())
-    return report
-
-
-def _record(
-    report: CheckReport, res: SampleCheck, conv: Conversation, s: int, i: int, max_length: int
-) -> None:
-    """One checked sample into the report: its errors, or dropped / truncated, and the plan."""
-    report.errors += [Problem(conv.id, p) for p in res.problems]
-    if res.problems:
-        return
-    if res.keep is None:
-        # Name the videos' share: a long clip is the usual reason, and fps / max_frames /
-        # max_pixels in data.video are the levers.
-        videos = "".join(f"; video {c.path}: {c.describe()}" for c in res.kept_videos)
-        report.dropped.append(
-            Problem(conv.id, f"{res.length} tokens > max_length {max_length}: dropped{videos}")
-        )
-        return
-    if res.keep < len(conv.turns):
-        report.truncated.append(
-            Problem(conv.id, f"{res.length} tokens: kept the first {res.keep} turns ({res.kept_length})")
-        )
-    frames = sum(len(c.indices) for c in res.kept_videos)
-    report.plan.append(
-        PlanItem(s, i, res.keep, res.kept_length, res.kept_images, len(res.kept_videos), frames)
-    )
+    """Check every sample of every source (checking.py: workers, cache)."""
+    rules = SampleRules(max_length, overlength, supervise, allow_urls, decode)
+    return run_check(rules, sources, processor, workers=workers, cache_dir=cache_dir, progress=progress)
 
 
 def check_specs(
-    specs: list[DatasetSpec], processor: VLProcessor, **kwargs
+    specs: list[DatasetSpec],
+    processor: VLProcessor,
+    max_length: int,
+    overlength: Literal["drop", "truncate"] = "drop",
+    supervise: str = "all_assistant",
+    allow_urls: bool = False,
+    decode: bool = True,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> tuple[list[Source], CheckReport]:
     """`check_sources` over datasets still to open: a file that cannot be read at all (bad JSON or
     UTF-8 in a .json list, a corrupt parquet file, a missing path) is an error at the file, and the
     check goes on with the others. Returns the sources that opened and the report."""
-    sources, unreadable = open_sources(specs)
-    report = check_sources(sources, processor, **kwargs)
-    report.errors[:0] = unreadable
-    return sources, report
-
-
-def open_sources(specs: list[DatasetSpec], kind: type[Source] = Source) -> tuple[list[Source], list[Problem]]:
-    """The datasets that open as `kind`, and a problem at each file that cannot be read at all."""
-    sources, unreadable = [], []
-    for spec in specs:
-        try:
-            sources.append(kind(spec))
-        except DataError as e:
-            unreadable.append(Problem(e.where or str(spec.path), e.what))
-        except Exception as e:  # datasets / pyarrow errors on a broken file
-            unreadable.append(Problem(str(spec.path), error_message(e)))
-    return sources, unreadable
-
-
-def error_message(e: BaseException) -> str:
-    """An exception as a finding: ours (which say what is wrong and where) as they are, any other
-    with its type name, often the only clue (`KeyError: 'x'`)."""
-    ours = isinstance(e, (DataError, ImageError, VideoError))
-    return str(e) if ours else f"{type(e).__name__}: {e}"
-
-
-def format_report(report: CheckReport, max_length: int, limit: int = 50) -> str:
-    """The summary a person reads: counts, images per sample, length percentiles, then each problem."""
-    lines = [f"samples: {report.samples}" + ("  (cached result)" if report.cached else "")]
-    lines.append(
-        f"usable: {len(report.plan)}   errors: {len(report.errors)}   "
-        f"dropped (> {max_length} tokens): {len(report.dropped)}   truncated: {len(report.truncated)}"
-    )
-    if report.plan:
-        images = sorted(p.images for p in report.plan)
-        counts = {n: images.count(n) for n in sorted(set(images))}
-        lines.append("images per sample: " + ", ".join(f"{n}: {c}" for n, c in counts.items()))
-        with_video = [p for p in report.plan if p.videos]
-        if with_video:
-            frames = sorted(p.video_frames for p in with_video)
-            lines.append(
-                f"samples with video: {len(with_video)}, {sum(p.videos for p in with_video)} videos, "
-                f"frames per sample: min {frames[0]}, median {frames[len(frames) // 2]}, max {frames[-1]}"
-            )
-        lengths = sorted(p.length for p in report.plan)
-        pct = {q: lengths[min(len(lengths) - 1, int(q / 100 * len(lengths)))] for q in (50, 90, 99)}
-        lines.append(
-            f"tokens per sample: min {lengths[0]}, p50 {pct[50]}, p90 {pct[90]}, p99 {pct[99]}, "
-            f"max {lengths[-1]}, total {sum(lengths)}"
-        )
-    for title, problems in (
-        ("errors", report.errors),
-        ("dropped", report.dropped),
-        ("truncated", report.truncated),
-    ):
-        if problems:
-            lines.append(f"{title}:")
-            lines += [f"  {p.where}: {p.message}" for p in problems[:limit]]
-            if len(problems) > limit:
-                lines.append(f"  ... and {len(problems) - limit} more")
-    return "\n".join(lines)
+    rules = SampleRules(max_length, overlength, supervise, allow_urls, decode)
+    return check_datasets(rules, specs, processor, workers=workers, cache_dir=cache_dir, progress=progress)

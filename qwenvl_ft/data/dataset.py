@@ -13,18 +13,19 @@ nearest longer), so length groups and packed rows stay as planned.
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .check import CheckReport, PlanItem, check_specs, error_message, format_report
+from .check import CheckReport, check_specs, error_message, format_report
 from .clips import load_clip, plan_clip
 from .encode import Encoded, encode
+from .plan import Plan, PlanItem, select
 from .readers import DataError
 from .sources import Source, mix
 
@@ -50,48 +51,54 @@ class SampleLoadError(DataError):
 
 
 class SFTDataset(Dataset):
+    """Checked samples in `order` (positions in the check's `plan`), encoded on access."""
+
     def __init__(
         self,
         sources: list[Source],
-        items: list[PlanItem],
+        plan: Plan,
+        order: np.ndarray,
         processor: VLProcessor,
         supervise: str,
         allow_urls: bool,
         on_load_error: Literal["stop", "skip"] = "stop",
     ):
-        self.sources, self.items, self.processor = sources, items, processor
+        self.sources, self.plan, self.order, self.processor = sources, plan, order, processor
         self.supervise, self.allow_urls, self.on_load_error = supervise, allow_urls, on_load_error
         # Samples that failed to load, in shared memory: loader workers see each other's failures, a
         # failure is logged once per run, and the training process can count them at the end.
-        self.failed = torch.zeros(len(items) if on_load_error == "skip" else 0, dtype=torch.uint8)
+        self.failed = torch.zeros(len(order) if on_load_error == "skip" else 0, dtype=torch.uint8)
         self.failed.share_memory_()
-        self._by_length: list[int] | None = None
+        self._by_length: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.order)
 
-    def lengths(self) -> list[int]:
+    def item(self, i: int) -> PlanItem:
+        return self.plan[int(self.order[i])]
+
+    def lengths(self) -> np.ndarray:
         """Token lengths in dataset order, known without encoding (for length grouping and packing)."""
-        return [item.length for item in self.items]
+        return self.plan.lengths[self.order]
 
     def __getitem__(self, i: int) -> Encoded:
         if self.on_load_error == "stop":
             try:
-                return self._encode(self.items[i])
+                return self._encode(self.item(i))
             except Exception as e:
                 raise SampleLoadError(
-                    f"{self._error(self.items[i], e)} (it passed the data check, so the data changed since; "
+                    f"{self._error(self.item(i), e)} (it passed the data check, so the data changed since; "
                     "data.on_load_error: skip trains on without such samples)"
                 ) from None
         for j in self._candidates(i):
             if self.failed[j]:
                 continue
             try:
-                return self._encode(self.items[j])
+                return self._encode(self.item(j))
             except Exception as e:
                 self.failed[j] = 1
                 log.warning(
-                    f"skipped {self._error(self.items[j], e)} (data.on_load_error: skip; "
+                    f"skipped {self._error(self.item(j), e)} (data.on_load_error: skip; "
                     f"{self.skipped()} sample(s) skipped so far)"
                 )
         raise SampleLoadError("no sample of the dataset loads (data.on_load_error: skip); see the log")
@@ -136,16 +143,18 @@ class SFTDataset(Dataset):
         """i, then stand-ins: same token length first, then shorter (nearest first: it still fits i's
         packed row), then longer; dataset order among equals, so every worker picks the same one."""
         yield i
+        lengths = self.lengths()
         if self._by_length is None:
-            self._by_length = sorted(range(len(self.items)), key=lambda k: (self.items[k].length, k))
-        order, n = self._by_length, self.items[i].length
-        pos = bisect.bisect_left(order, (n, i), key=lambda k: (self.items[k].length, k))
+            self._by_length = np.lexsort((np.arange(len(lengths)), lengths))  # by length, then position
+        order, n = self._by_length, lengths[i]
+        keyed = lengths[order] * len(order) + order  # (length, position) as one sortable number
+        pos = int(np.searchsorted(keyed, n * len(order) + i))
         up = pos + 1
-        while up < len(order) and self.items[order[up]].length == n:
-            yield order[up]
+        while up < len(order) and lengths[order[up]] == n:
+            yield int(order[up])
             up += 1
-        yield from (order[k] for k in range(pos - 1, -1, -1))
-        yield from (order[k] for k in range(up, len(order)))
+        yield from (int(order[k]) for k in range(pos - 1, -1, -1))
+        yield from (int(order[k]) for k in range(up, len(order)))
 
 
 def build_dataset(
@@ -166,6 +175,7 @@ def build_dataset(
         allow_urls=data.allow_urls,
         cache_dir=cache_dir,
         progress=progress,
+        workers=data.check_workers,
     )
     if not report.ok:
         raise DataError(
@@ -174,7 +184,8 @@ def build_dataset(
         )
     if not report.plan:
         raise DataError(f"no usable sample in data.{split}: " + format_report(report, data.max_length))
-    planned = {(p.source, p.index): p for p in report.plan}
-    items = [planned[key] for key in mix(sources, seed) if key in planned]
-    dataset = SFTDataset(sources, items, processor, data.supervise, data.allow_urls, data.on_load_error)
+    order = select(report.plan, mix(sources, seed), [len(s) for s in sources])
+    dataset = SFTDataset(
+        sources, report.plan, order, processor, data.supervise, data.allow_urls, data.on_load_error
+    )
     return dataset, report

@@ -36,19 +36,24 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .check import CheckReport, Problem, check_sample, error_message, format_report, open_sources
+from .check import check_sample
+from .checking import CheckReport, Outcome, Problem, check_datasets, error_message, format_report, run_check
 from .clips import load_clip, plan_clip
 from .conversation import Conversation
 from .encode import IGNORE, render, tokenize
+from .plan import PAIR_ROW, PairItem, Plan, row, select  # noqa: F401  (PairItem: where it was)
 from .readers import DataError, detect_format, to_conversation
 from .sources import Source, mix
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
     import torch
 
-    from ..config import DataConfig
+    from ..config import DataConfig, DatasetSpec
     from ..models.processor import VLProcessor
 
 
@@ -58,24 +63,6 @@ class Pair:
     chosen: Conversation
     rejected: Conversation
     """Both hold the same prompt turns, then their answer as the last (assistant) turn."""
-
-
-@dataclass
-class PairItem:
-    """A checked pair: where it is and the exact token counts its encoding must have."""
-
-    source: int
-    index: int
-    chosen_length: int
-    rejected_length: int
-    images: int
-    videos: int = 0
-    video_frames: int = 0
-
-    @property
-    def length(self) -> int:
-        """Prompt + the longer answer: the longest row the pair puts in a batch."""
-        return max(self.chosen_length, self.rejected_length)
 
 
 @dataclass
@@ -203,7 +190,55 @@ class PairSource(Source):
 
     def pair(self, i: int) -> Pair:
         record, where = self.record(i)
-        return to_pair(record, where, self.spec.format, self.base)
+        return to_pair(record, where, self.spec.format, self.base_of(i))
+
+
+@dataclass(frozen=True)
+class PairRules:
+    """The pair check (module docstring), as the check loop (checking.py) runs it."""
+
+    max_length: int
+    allow_urls: bool = False
+    unit: ClassVar[str] = "pair"
+    dtype: ClassVar = PAIR_ROW
+
+    def open(self, spec: DatasetSpec, cache_dir: Path | None) -> PairSource:
+        return PairSource(spec, cache_dir)
+
+    def key(self) -> list:
+        return [self.max_length, self.allow_urls]
+
+    def check(self, source: PairSource, s: int, i: int, processor: VLProcessor) -> Outcome:
+        try:
+            pair = source.pair(i)
+            checks = [  # the same images: decoded once, with the chosen answer
+                check_sample(
+                    conv, processor, self.max_length, "drop", "last_assistant", self.allow_urls, decode
+                )
+                for conv, decode in ((pair.chosen, True), (pair.rejected, False))
+            ]
+        except DataError as e:
+            return Outcome([Problem(e.where or source.where(i), e.what)])
+        except Exception as e:  # whatever decoding or encoding raises: an error at the pair
+            return Outcome([Problem(source.where(i), error_message(e))])
+        problems = list(dict.fromkeys(p for c in checks for p in c.problems))  # prompt ones once
+        if problems:
+            return Outcome([Problem(pair.id, p) for p in problems])
+        chosen, rejected = checks
+        if chosen.keep is None or rejected.keep is None:
+            longer = max(chosen.length, rejected.length)
+            return Outcome(
+                dropped=Problem(
+                    pair.id,
+                    f"prompt + longer answer: {longer} tokens > max_length {self.max_length}: dropped",
+                )
+            )
+        values = row(
+            PAIR_ROW, source=s, index=i, chosen_length=chosen.length, rejected_length=rejected.length,
+            images=chosen.kept_images, videos=len(chosen.kept_videos),
+            video_frames=sum(len(c.indices) for c in chosen.kept_videos),
+        )  # fmt: skip
+        return Outcome(row=values)
 
 
 def check_pair_sources(
@@ -212,63 +247,11 @@ def check_pair_sources(
     max_length: int,
     allow_urls: bool = False,
     progress: bool = True,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
 ) -> CheckReport:
-    """Check every pair (module docstring); the plan holds `PairItem`s. Not cached: pair sets are small."""
-    from tqdm.auto import tqdm
-
-    report = CheckReport()
-    with tqdm(
-        total=sum(len(s) for s in sources), desc="checking pairs", unit="pair", disable=not progress
-    ) as bar:
-        for s, source in enumerate(sources):
-            if not len(source):
-                report.errors.append(
-                    Problem(str(source.path), "no samples: the dataset is empty (or blank lines only)")
-                )
-            for i in range(len(source)):
-                bar.update()
-                report.samples += 1
-                try:
-                    pair = source.pair(i)
-                    checks = [  # the same images: decoded once, with the chosen answer
-                        check_sample(
-                            conv, processor, max_length, "drop", "last_assistant", allow_urls, decode
-                        )
-                        for conv, decode in ((pair.chosen, True), (pair.rejected, False))
-                    ]
-                except DataError as e:
-                    report.errors.append(Problem(e.where or source.where(i), e.what))
-                    continue
-                except Exception as e:  # whatever decoding or encoding raises: an error at the pair
-                    report.errors.append(Problem(source.where(i), error_message(e)))
-                    continue
-                problems = list(dict.fromkeys(p for c in checks for p in c.problems))  # prompt ones once
-                report.errors += [Problem(pair.id, p) for p in problems]
-                if problems:
-                    continue
-                chosen, rejected = checks
-                if chosen.keep is None or rejected.keep is None:
-                    report.dropped.append(
-                        Problem(
-                            pair.id,
-                            f"prompt + longer answer: {max(chosen.length, rejected.length)} tokens > "
-                            f"max_length {max_length}: dropped",
-                        )
-                    )
-                    continue
-                frames = sum(len(c.indices) for c in chosen.kept_videos)
-                report.plan.append(
-                    PairItem(
-                        s,
-                        i,
-                        chosen.length,
-                        rejected.length,
-                        chosen.kept_images,
-                        len(chosen.kept_videos),
-                        frames,
-                    )
-                )
-    return report
+    """Check every pair (module docstring); the plan holds a `PairItem` row per usable pair."""
+    return run_check(PairRules(max_length, allow_urls), sources, processor, workers, cache_dir, progress)
 
 
 def encode_pair(pair: Pair, processor: VLProcessor, images: list, videos: list = ()) -> EncodedPair:
@@ -313,18 +296,25 @@ def _first_supervised(labels: list[int]) -> int:
 
 
 class PairDataset:
-    """Checked pairs in mixed order, encoded on access (any load failure stops the run, by file:line)."""
+    """Checked pairs in `order` (positions in the check's plan), encoded on access (any load failure
+    stops the run, by file:line)."""
 
     def __init__(
-        self, sources: list[PairSource], items: list[PairItem], processor: VLProcessor, allow_urls: bool
+        self,
+        sources: list[PairSource],
+        plan: Plan,
+        order: np.ndarray,
+        processor: VLProcessor,
+        allow_urls: bool,
     ):
-        self.sources, self.items, self.processor, self.allow_urls = sources, items, processor, allow_urls
+        self.sources, self.plan, self.order = sources, plan, order
+        self.processor, self.allow_urls = processor, allow_urls
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.order)
 
-    def lengths(self) -> list[int]:
-        return [item.length for item in self.items]
+    def lengths(self) -> np.ndarray:
+        return self.plan.lengths[self.order]
 
     def skipped(self) -> int:
         return 0  # pairs are never skipped: a pair that fails to load stops the run
@@ -332,7 +322,7 @@ class PairDataset:
     def __getitem__(self, i: int) -> EncodedPair:
         from .dataset import SampleLoadError
 
-        item = self.items[i]
+        item = self.plan[int(self.order[i])]
         try:
             pair = self.sources[item.source].pair(item.index)
         except DataError as e:
@@ -390,21 +380,36 @@ def _media_fields(p: EncodedPair) -> dict[str, torch.Tensor | None]:
 
 
 def check_pair_specs(
-    specs: list, processor: VLProcessor, max_length: int, allow_urls: bool = False, progress: bool = True
+    specs: list,
+    processor: VLProcessor,
+    max_length: int,
+    allow_urls: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[list[PairSource], CheckReport]:
     """`check_pair_sources` over dataset files still to open; one that cannot be read is an error at the file."""
-    sources, unreadable = open_sources(specs, PairSource)
-    report = check_pair_sources(sources, processor, max_length, allow_urls, progress)
-    report.errors[:0] = unreadable
-    return sources, report
+    rules = PairRules(max_length, allow_urls)
+    return check_datasets(rules, specs, processor, workers=workers, cache_dir=cache_dir, progress=progress)
 
 
 def build_pair_dataset(
-    data: DataConfig, processor: VLProcessor, seed: int, progress: bool = True, split: str = "train"
+    data: DataConfig,
+    processor: VLProcessor,
+    seed: int,
+    progress: bool = True,
+    split: str = "train",
+    cache_dir=None,
 ) -> tuple[PairDataset, CheckReport]:
     """Check every pair of `data.train` (or `data.eval`); refuse on any error; the usable pairs, mixed."""
     sources, report = check_pair_specs(
-        getattr(data, split), processor, data.max_length, data.allow_urls, progress
+        getattr(data, split),
+        processor,
+        data.max_length,
+        data.allow_urls,
+        progress,
+        data.check_workers,
+        cache_dir,
     )
     if not report.ok:
         raise DataError(
@@ -413,6 +418,5 @@ def build_pair_dataset(
         )
     if not report.plan:
         raise DataError(f"no usable pair in data.{split}: " + format_report(report, data.max_length))
-    planned = {(p.source, p.index): p for p in report.plan}
-    items = [planned[key] for key in mix(sources, seed) if key in planned]
-    return PairDataset(sources, items, processor, data.allow_urls), report
+    order = select(report.plan, mix(sources, seed), [len(s) for s in sources])
+    return PairDataset(sources, report.plan, order, processor, data.allow_urls), report

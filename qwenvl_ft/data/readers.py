@@ -408,45 +408,17 @@ def read_json_list(path: Path) -> list[Any]:
     return records
 
 
-class JsonlIndex:
-    """Random access to a JSONL file by line, reading one line at a time (multi-GB files stay on disk)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.offsets: list[int] = []
-        self.lines: list[int] = []
-        with open(self.path, "rb") as f:
-            offset = 0
-            for lineno, raw in enumerate(f, start=1):
-                if (raw[len(BOM) :] if lineno == 1 and raw.startswith(BOM) else raw).strip():
-                    self.offsets.append(offset)
-                    self.lines.append(lineno)
-                offset += len(raw)
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def where(self, i: int) -> str:
-        """'file:line' of the i-th non-empty line."""
-        return f"{self.path}:{self.lines[i]}"
-
-    def record(self, i: int) -> tuple[Any, str]:
-        """(parsed record, 'file:line') of the i-th non-empty line."""
-        with open(self.path, "rb") as f:
-            f.seek(self.offsets[i])
-            raw = f.readline()
-        return parse_json(raw, self.path, self.lines[i]), self.where(i)
-
-
 def read_file(path: str | Path, fmt: str = "auto", image_root: str | None = None) -> Iterator[Conversation]:
     """Every conversation of a JSON or JSONL file, in order."""
     path = Path(path)
     base = Path(image_root) if image_root else path.parent
     if path.suffix == ".jsonl":
+        from .index import JsonlIndex
+
         index = JsonlIndex(path)
         for i in range(len(index)):
-            record, where = index.record(i)
-            yield to_conversation(record, where, fmt, base)
+            where = index.where(i)
+            yield to_conversation(parse_json(index.raw(i), path, index.line(i)), where, fmt, base)
     elif path.suffix == ".json":
         for i, record in enumerate(read_json_list(path)):
             yield to_conversation(record, f"{path}[{i}]", fmt, base)

@@ -42,6 +42,7 @@ from transformers import set_seed
 from ..config import RecipeConfig
 from ..config.schema import DPOConfig
 from ..data.check import format_report
+from ..data.dataset import CACHE_DIR
 from ..data.encode import IGNORE
 from ..data.pairs import PairCollator, build_pair_dataset
 from .keepalive import VisionKeepalive
@@ -59,10 +60,14 @@ def run_dpo(cfg: RecipeConfig, family, processor, out: Path, resume: Path | None
     from ..train import TrainResult, is_main_process, training_arguments
 
     reference_cfg = reference_config(cfg, family)  # a wrong dpo.reference fails before the data check
-    dataset, report = build_pair_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
+    dataset, report = build_pair_dataset(
+        cfg.data, processor, cfg.train.seed, progress=is_main_process(), cache_dir=CACHE_DIR
+    )
     eval_set = None
     if cfg.data.eval:
-        eval_set, eval_report = build_pair_dataset(cfg.data, processor, cfg.train.seed, False, "eval")
+        eval_set, eval_report = build_pair_dataset(
+            cfg.data, processor, cfg.train.seed, False, "eval", CACHE_DIR
+        )
         log.info("eval pair check:\n" + format_report(eval_report, cfg.data.max_length, limit=10))
     log.info("pair check:\n" + format_report(report, cfg.data.max_length, limit=10))
 
@@ -97,7 +102,7 @@ def run_dpo(cfg: RecipeConfig, family, processor, out: Path, resume: Path | None
         vision_lr=cfg.train.vision_lr,
         merger_lr=cfg.train.merger_lr,
         group_by_length=cfg.data.group_by_length,
-        media_kinds=any(p.images for p in report.plan) + any(p.videos for p in report.plan),
+        media_kinds=report.plan.media_kinds(),
         callbacks=[DescribeCheckpoints(meta, cfg, processor)],
         dpo=cfg.dpo,
         reference=reference,

@@ -380,12 +380,13 @@ def completion_mask(completion: torch.Tensor, stop_ids: list[int]) -> torch.Tens
 
 def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, resume: Path | None):
     """`train(cfg)` for `train.method: grpo`: check the prompts, build the model, train, save."""
-    from ..data.check import check_specs, format_report
+    from ..data.checking import check_datasets, format_report
     from ..data.dataset import CACHE_DIR
+    from ..data.plan import select
     from ..data.readers import DataError
     from ..data.sources import Source, mix
     from ..train import TrainResult, is_main_process, training_arguments
-    from .grpo_data import PromptDataset, as_list, check_prompts
+    from .grpo_data import PromptDataset, as_list, prompt_rules
     from .modules import trainable_table
     from .outputs import DescribeCheckpoints, describe, plot_loss, plot_series, run_metadata
     from .rewards import load_rewards
@@ -396,26 +397,24 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
     rewards = load_rewards(cfg.grpo.rewards)  # a bad 'module:function' fails before the data check
     datasets = {}
     for split in ("train", "eval") if cfg.data.eval else ("train",):
-        sources, report = check_specs(
+        sources, report = check_datasets(
+            prompt_rules(cfg),
             getattr(cfg.data, split),
             processor,
-            max_length=cfg.data.max_length,
-            overlength=cfg.data.overlength,
-            supervise=cfg.data.supervise,
-            allow_urls=cfg.data.allow_urls,
             cache_dir=CACHE_DIR,
             progress=is_main_process() and split == "train",
+            workers=cfg.data.check_workers,
         )
-        report = check_prompts(cfg, sources, report, processor)
         text = format_report(report, cfg.data.max_length, limit=20)
         if not report.ok or not report.plan:
             raise DataError(f"the GRPO data check of data.{split} failed:\n{text}")
         log.info(f"GRPO data check ({split}):\n{text}")
-        planned = {(p.source, p.index): p for p in report.plan}
-        items = [planned[key] for key in mix(sources, cfg.train.seed) if key in planned]
-        datasets[split] = PromptDataset(sources, items, processor, cfg.grpo.thinking, cfg.data.allow_urls)
+        order = select(report.plan, mix(sources, cfg.train.seed), [len(s) for s in sources])
+        datasets[split] = PromptDataset(
+            sources, report.plan, order, processor, cfg.grpo.thinking, cfg.data.allow_urls
+        )
         if split == "train":  # vision-tower calls per step on every rank (VLTrainer)
-            media_kinds = any(p.images for p in report.plan) + any(p.videos for p in report.plan)
+            media_kinds = report.plan.media_kinds()
 
     args = training_arguments(cfg, out)
     is_base = resolve_is_base(cfg)

@@ -14,23 +14,26 @@ runs first (roles, images, boxes on their image, lengths); then, per usable samp
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from torch.utils.data import Dataset
 
-from ..data.check import CheckReport, Problem, Size, error_message
+from ..data.check import SampleRules, Size
+from ..data.checking import Outcome, Problem, error_message
 from ..data.clips import load_clip, plan_clip
 from ..data.conversation import Conversation
 from ..data.encode import Piece, render, tokenize
 from ..data.images import image_size, load_image
+from ..data.plan import Plan, PlanItem
 from ..data.readers import DataError
 from ..infer import Predictor
 from ..predict import split_reference
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..config import RecipeConfig
-    from ..data.check import PlanItem
     from ..data.sources import Source
     from ..models.processor import VLProcessor
 
@@ -64,46 +67,61 @@ def prompt_problem(conv: Conversation, wants_boxes: bool) -> str | None:
     return None
 
 
-def check_prompts(
-    cfg: RecipeConfig, sources: list[Source], report: CheckReport, processor: VLProcessor
-) -> CheckReport:
-    """The GRPO rules (module docstring) over the samples the SFT check found usable, in place."""
-    wants_boxes = any(r.name == "grounding_iou" for r in cfg.grpo.rewards)
-    predictor = Predictor(None, processor, processor.family, cfg.grpo.thinking)
-    budget, plan = cfg.data.max_length, []
-    for item in report.plan:
-        conv = kept(sources[item.source], item)
+@dataclass(frozen=True)
+class PromptRules(SampleRules):
+    """The SFT sample check, then GRPO's prompt rules (module docstring), in one pass of the check loop.
+
+    The plan row's `length` is the prompt's token count (what `Predictor.prompt` encodes)."""
+
+    thinking: bool | None = None
+    max_new_tokens: int = 128
+    wants_boxes: bool = False
+    unit: ClassVar[str] = "prompt"
+
+    def key(self) -> list:
+        return [*super().key(), self.thinking, self.max_new_tokens, self.wants_boxes]
+
+    def check(self, source: Source, s: int, i: int, processor: VLProcessor) -> Outcome:
+        out = super().check(source, s, i, processor)
+        if out.row is None:
+            return out
+        item = PlanItem(*out.row)
+        conv = kept(source, item)
         try:
-            problem = prompt_problem(conv, wants_boxes)
+            problem = prompt_problem(conv, self.wants_boxes)
             if problem:
-                report.errors.append(Problem(conv.id, problem))
-                continue
+                return Outcome([Problem(conv.id, problem)])
             prompt = split_reference(conv)[0]
             sizes = [
-                Size(*image_size(s.value, cfg.data.allow_urls))
+                Size(*image_size(seg.value, self.allow_urls))
                 for t in prompt.turns
-                for s in t.segments
-                if s.kind == "image"
+                for seg in t.segments
+                if seg.kind == "image"
             ]
             clips = [
-                plan_clip(s.value, processor) for t in prompt.turns for s in t.segments if s.kind == "video"
+                plan_clip(seg.value, processor)
+                for t in prompt.turns
+                for seg in t.segments
+                if seg.kind == "video"
             ]
-            n = prompt_length(predictor, prompt, sizes, clips)
-        except Exception as e:  # as the SFT check: an error at the sample, never a crash
-            report.errors.append(Problem(conv.id, error_message(e)))
-            continue
-        if n + cfg.grpo.max_new_tokens > budget:
-            report.dropped.append(
-                Problem(
-                    conv.id,
-                    f"prompt {n} tokens + grpo.max_new_tokens {cfg.grpo.max_new_tokens} > "
-                    f"max_length {budget}: dropped",
-                )
+            n = prompt_length(
+                Predictor(None, processor, processor.family, self.thinking), prompt, sizes, clips
             )
-            continue
-        plan.append(replace(item, length=n))
-    report.plan = plan
-    return report
+        except Exception as e:  # as the SFT check: an error at the sample, never a crash
+            return Outcome([Problem(conv.id, error_message(e))])
+        if n + self.max_new_tokens > self.max_length:
+            message = f"prompt {n} tokens + grpo.max_new_tokens {self.max_new_tokens} > max_length {self.max_length}: dropped"
+            return Outcome(dropped=Problem(conv.id, message))
+        return Outcome(truncated=out.truncated, row=out.row[:3] + (n,) + out.row[4:])
+
+
+def prompt_rules(cfg: RecipeConfig) -> PromptRules:
+    """The recipe's GRPO prompt check."""
+    d, g = cfg.data, cfg.grpo
+    wants_boxes = any(r.name == "grounding_iou" for r in g.rewards)
+    return PromptRules(
+        d.max_length, d.overlength, d.supervise, d.allow_urls, True, g.thinking, g.max_new_tokens, wants_boxes
+    )
 
 
 def sample_record(conv: Conversation, ref: Conversation, images: list, processor: VLProcessor) -> dict:
@@ -123,25 +141,27 @@ def sample_record(conv: Conversation, ref: Conversation, images: list, processor
 
 
 class PromptDataset(Dataset):
-    """Checked samples as {"index", "prompt": Encoded, "sample": reward record}; images and video clips
-    load here, in the loader's workers, images decoded exactly as `predict` decodes them."""
+    """Checked samples in `order` (positions in the prompt check's plan) as {"index", "prompt": Encoded,
+    "sample": reward record}; images and video clips load here, in the loader's workers, images
+    decoded exactly as `predict` decodes them."""
 
     def __init__(
         self,
         sources: list[Source],
-        items: list[PlanItem],
+        plan: Plan,
+        order: np.ndarray,
         processor: VLProcessor,
         thinking: bool | None,
         allow_urls: bool = False,
     ):
-        self.sources, self.items, self.allow_urls = sources, items, allow_urls
+        self.sources, self.plan, self.order, self.allow_urls = sources, plan, order, allow_urls
         self.predictor = Predictor(None, processor, processor.family, thinking)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.order)
 
     def __getitem__(self, k: int) -> dict:
-        item = self.items[k]
+        item = self.plan[int(self.order[k])]
         conv = kept(self.sources[item.source], item)
         prompt, ref = split_reference(conv)
         try:

@@ -33,7 +33,7 @@ def checked(tmp_path: Path, proc, on_load_error: str):
 
 def position(ds, source_index: int) -> int:
     """Where the file's sample `source_index` (0-based) is in the dataset's mixed order."""
-    return [item.index for item in ds.items].index(source_index)
+    return [ds.item(k).index for k in range(len(ds))].index(source_index)
 
 
 def test_stop_names_the_sample_and_what_happened(tmp_path, bpe_processor):
@@ -52,7 +52,7 @@ def test_stop_names_the_sample_and_what_happened(tmp_path, bpe_processor):
             ds[position(ds, k)]
         assert str(e.value).startswith(message), str(e.value)
     assert "the data check counted 75; the data changed since it was checked" in _message(ds, 1)
-    assert len(ds[position(ds, 0)].input_ids) == ds.items[position(ds, 0)].length  # the others load
+    assert len(ds[position(ds, 0)].input_ids) == ds.item(position(ds, 0)).length  # the others load
 
     # From a loader worker the error arrives as the same one line, not the worker's traceback.
     loader = DataLoader(ds, batch_size=1, num_workers=1, collate_fn=list, sampler=[position(ds, 2)])
@@ -96,11 +96,11 @@ def test_skip_trains_on_a_stand_in_of_the_same_length(tmp_path, bpe_processor, c
 
 def test_skip_without_a_sample_of_the_same_length_takes_the_nearest_shorter(tmp_path, bpe_processor):
     ds, demo = checked(tmp_path, bpe_processor, "skip")
-    lengths = ds.lengths()
+    lengths = ds.lengths().tolist()
     unique = [k for k in range(len(ds)) if lengths.count(lengths[k]) == 1 and lengths[k] > min(lengths)]
     assert unique, lengths
     i = unique[0]
-    (demo / f"images/00{ds.items[i].index}.png").unlink()
+    (demo / f"images/00{ds.item(i).index}.png").unlink()
     # Nearest shorter: it still fits the packed row planned for i. Among equals the last in order.
     _, stand_in = max((lengths[k], k) for k in range(len(ds)) if lengths[k] < lengths[i])
     assert ds[i].input_ids == ds[stand_in].input_ids

@@ -171,13 +171,15 @@ def test_errors_name_file_and_line(tmp_path, line, message):
 
 
 def test_jsonl_is_read_line_by_line(tmp_path):
-    from qwenvl_ft.data.readers import JsonlIndex
+    from qwenvl_ft.config import DatasetSpec
+    from qwenvl_ft.data.index import JsonlIndex
+    from qwenvl_ft.data.sources import Source
 
     path = tmp_path / "big.jsonl"
     path.write_text("\n".join(json.dumps(SAME_CONTENT["messages"] | {"id": i}) for i in range(1000)) + "\n\n")
     index = JsonlIndex(path)
     assert len(index) == 1000
-    record, where = index.record(999)
+    record, where = Source(DatasetSpec(path=str(path))).record(999)
     assert record["id"] == 999 and where == f"{path}:1000"
 
 

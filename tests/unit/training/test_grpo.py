@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from family_facts import registered
@@ -139,9 +140,9 @@ def grounding_data(tmp_path_factory):
 
 
 def check(tiny_model, path, *overrides):
-    from qwenvl_ft.data.check import check_specs
+    from qwenvl_ft.data.checking import check_datasets
     from qwenvl_ft.models import get_family
-    from qwenvl_ft.training.grpo_data import check_prompts
+    from qwenvl_ft.training.grpo_data import prompt_rules
 
     model = tiny_model("qwen3_vl")
     recipe = model / "r.yaml"
@@ -150,8 +151,8 @@ def check(tiny_model, path, *overrides):
     )
     cfg = load_recipe(recipe, list(overrides))
     processor = get_family("qwen3_vl").load_processor(str(model))
-    sources, report = check_specs(cfg.data.train, processor, max_length=cfg.data.max_length, progress=False)
-    return check_prompts(cfg, sources, report, processor), processor
+    _, report = check_datasets(prompt_rules(cfg), cfg.data.train, processor, progress=False)
+    return report, processor
 
 
 def test_prompt_check_names_each_bad_sample_by_file_and_line(tiny_model, grounding_data):
@@ -169,7 +170,7 @@ def test_prompt_check_names_each_bad_sample_by_file_and_line(tiny_model, groundi
     from qwenvl_ft.training.grpo_data import PromptDataset
 
     source = Source(DatasetSpec(path=str(grounding_data)))
-    dataset = PromptDataset([source], report.plan, processor, thinking=None)
+    dataset = PromptDataset([source], report.plan, np.arange(len(report.plan)), processor, thinking=None)
     assert [len(dataset[k]["prompt"].input_ids) for k in range(2)] == [p.length for p in report.plan]
     assert dataset[0]["sample"]["reference_boxes"] and dataset[0]["sample"]["where"] == f"{where}:1 (id s0-0)"
 
