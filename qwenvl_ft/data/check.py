@@ -226,37 +226,29 @@ def outcome(res: SampleCheck, conv: Conversation, s: int, i: int, max_length: in
     return Outcome(truncated=truncated, row=values)
 
 
+LOOP_KEYS = ("cache_dir", "progress", "workers")
+
+
+def _split(max_length: int, args: tuple, kwargs: dict) -> tuple[SampleRules, dict]:
+    """SampleRules from the rule arguments; the check loop's (`cache_dir`, `progress`, `workers`) apart."""
+    loop = {k: kwargs.pop(k) for k in LOOP_KEYS if k in kwargs}
+    return SampleRules(max_length, *args, **kwargs), loop
+
+
 def check_sources(
-    sources: list[Source],
-    processor: VLProcessor,
-    max_length: int,
-    overlength: Literal["drop", "truncate"] = "drop",
-    supervise: str = "all_assistant",
-    allow_urls: bool = False,
-    decode: bool = True,
-    cache_dir: Path | None = None,
-    progress: bool = True,
-    workers: int | None = None,
+    sources: list[Source], processor: VLProcessor, max_length: int, *args, **kwargs
 ) -> CheckReport:
-    """Check every sample of every source (checking.py: workers, cache)."""
-    rules = SampleRules(max_length, overlength, supervise, allow_urls, decode)
-    return run_check(rules, sources, processor, workers=workers, cache_dir=cache_dir, progress=progress)
+    """Check every sample of every source: `SampleRules`' fields (max_length, overlength, supervise,
+    allow_urls, decode) and the loop's keywords (cache_dir, progress, workers: checking.py)."""
+    rules, loop = _split(max_length, args, kwargs)
+    return run_check(rules, sources, processor, **loop)
 
 
 def check_specs(
-    specs: list[DatasetSpec],
-    processor: VLProcessor,
-    max_length: int,
-    overlength: Literal["drop", "truncate"] = "drop",
-    supervise: str = "all_assistant",
-    allow_urls: bool = False,
-    decode: bool = True,
-    cache_dir: Path | None = None,
-    progress: bool = True,
-    workers: int | None = None,
+    specs: list[DatasetSpec], processor: VLProcessor, max_length: int, *args, **kwargs
 ) -> tuple[list[Source], CheckReport]:
     """`check_sources` over datasets still to open: a file that cannot be read at all (bad JSON or
     UTF-8 in a .json list, a corrupt parquet file, a missing path) is an error at the file, and the
     check goes on with the others. Returns the sources that opened and the report."""
-    rules = SampleRules(max_length, overlength, supervise, allow_urls, decode)
-    return check_datasets(rules, specs, processor, workers=workers, cache_dir=cache_dir, progress=progress)
+    rules, loop = _split(max_length, args, kwargs)
+    return check_datasets(rules, specs, processor, **loop)

@@ -22,7 +22,7 @@ Two layouts, detected per record (any record with a `chosen` or `rejected` key i
 Either way a pair becomes two neutral conversations with the same prompt turns, read by the SFT
 readers (readers.py), so boxes, images and reasoning mean exactly what they mean in SFT data.
 
-The pair check (`check_pair_sources`) runs the SFT sample check on both conversations (roles,
+The pair check (`PairRules`, `check_pair_specs`) runs the SFT sample check on both conversations (roles,
 images readable, boxes on their image, answers not empty) and adds: both answers present and
 different, the prompt ending with a user turn, answers without images or videos, and the token
 budget, prompt + the longer answer <= `data.max_length` (longer pairs are dropped; they are never
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .check import check_sample
-from .checking import CheckReport, Outcome, Problem, check_datasets, error_message, format_report, run_check
+from .checking import CheckReport, Outcome, Problem, check_datasets, error_message, format_report
 from .clips import load_clip, plan_clip
 from .conversation import Conversation
 from .encode import IGNORE, render, tokenize
@@ -241,19 +241,6 @@ class PairRules:
         return Outcome(row=values)
 
 
-def check_pair_sources(
-    sources: list[PairSource],
-    processor: VLProcessor,
-    max_length: int,
-    allow_urls: bool = False,
-    progress: bool = True,
-    workers: int | None = None,
-    cache_dir: Path | None = None,
-) -> CheckReport:
-    """Check every pair (module docstring); the plan holds a `PairItem` row per usable pair."""
-    return run_check(PairRules(max_length, allow_urls), sources, processor, workers, cache_dir, progress)
-
-
 def encode_pair(pair: Pair, processor: VLProcessor, images: list, videos: list = ()) -> EncodedPair:
     """The prompt's tokens and media once, each answer's tokens and labels after it."""
     import torch
@@ -388,7 +375,8 @@ def check_pair_specs(
     workers: int | None = None,
     cache_dir: Path | None = None,
 ) -> tuple[list[PairSource], CheckReport]:
-    """`check_pair_sources` over dataset files still to open; one that cannot be read is an error at the file."""
+    """Check every pair (module docstring) of the dataset files; one that cannot be read is an error at
+    the file. The plan holds a `PairItem` row per usable pair."""
     rules = PairRules(max_length, allow_urls)
     return check_datasets(rules, specs, processor, workers=workers, cache_dir=cache_dir, progress=progress)
 
