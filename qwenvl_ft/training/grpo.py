@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Sampler
 from transformers import TrainerCallback
 
 from ..config.schema import GRPOConfig, RecipeConfig
@@ -43,6 +42,7 @@ from ..infer import Predictor
 from ..models.base import ModelFamily
 from .drift import DriftWatch
 from .rewards import Reward
+from .samplers import RepeatBlocks
 from .trainer import VLTrainer
 
 log = logging.getLogger("qwenvl_ft")
@@ -129,25 +129,6 @@ class Rollout:
     advantages: torch.Tensor
     old_logps: torch.Tensor | None = None
     ref_logps: torch.Tensor | None = None
-
-
-class RepeatBlocks(Sampler):
-    """Each block of `block` shuffled indices yielded `repeats` times in a row (`grpo.num_iterations`):
-    the same prompts come back for the same micro-batches, whose rollouts the trainer then reuses."""
-
-    def __init__(self, size: int, block: int, repeats: int, seed: int):
-        self.size, self.block, self.repeats, self.seed, self.epoch = size, block, repeats, seed, 0
-
-    def __len__(self) -> int:
-        return self.size * self.repeats
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        order = torch.randperm(self.size, generator=g).tolist()
-        for start in range(0, self.size, self.block):
-            for _ in range(self.repeats):
-                yield from order[start : start + self.block]
 
 
 class GRPOTrainer(VLTrainer):
