@@ -62,21 +62,27 @@ def train(cfg: RecipeConfig) -> TrainResult:
     processor.thinking = cfg.data.thinking
     processor.image_decode = cfg.data.image_decode
     processor.special_text = cfg.data.special_text
+    # First: under torchrun this starts the process group, so that one rank per node checks the data
+    # while the others wait for its cached result; and with ZeRO-3 in the arguments, from_pretrained
+    # partitions while loading (zero.Init) instead of every rank holding the whole checkpoint.
+    args = training_arguments(cfg, out)
     if cfg.train.method == "dpo":  # chosen / rejected answer pairs: training/dpo.py
         from .training.dpo import run_dpo
 
-        return run_dpo(cfg, family, processor, out, resume)
+        return run_dpo(cfg, family, processor, out, resume, args)
     if cfg.train.method == "grpo":  # answers sampled and scored by rewards: training/grpo.py
         from .training.grpo import train_grpo
 
-        return train_grpo(cfg, family, processor, out, resume)
+        return train_grpo(cfg, family, processor, out, resume, args)
 
-    dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
-    eval_set = None
-    if cfg.data.eval:  # checked the same way: an eval error must not surface at the first evaluation
-        eval_set, eval_report = build_dataset(
-            cfg.data, processor, cfg.train.seed, progress=False, split="eval"
-        )
+    with args.main_process_first(local=True, desc="data check"):
+        dataset, report = build_dataset(cfg.data, processor, cfg.train.seed, progress=is_main_process())
+        eval_set = None
+        if cfg.data.eval:  # checked the same way: an eval error must not surface at the first evaluation
+            eval_set, eval_report = build_dataset(
+                cfg.data, processor, cfg.train.seed, progress=False, split="eval"
+            )
+    if cfg.data.eval:
         log.info("eval data check:\n" + format_report(eval_report, cfg.data.max_length, limit=10))
     log.info("data check:\n" + format_report(report, cfg.data.max_length, limit=10))
     samples = dataset  # packing wraps it; the count of samples that failed to load stays here
@@ -85,9 +91,6 @@ def train(cfg: RecipeConfig) -> TrainResult:
         dataset, eval_set = pack(cfg, family, dataset), eval_set and pack(cfg, family, eval_set)
         collator = PackingCollator(processor.tokenizer.pad_token_id)
 
-    # Before the model loads: with ZeRO-3 in the arguments, from_pretrained partitions while loading
-    # (zero.Init) instead of every rank holding the whole checkpoint.
-    args = training_arguments(cfg, out)
     is_base = resolve_is_base(cfg)
     set_seed(cfg.train.seed)  # LoRA and new weights initialise from train.seed, not from whatever ran before
     model = adapt(load_model(cfg, family), cfg, family, is_base)

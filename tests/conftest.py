@@ -84,7 +84,7 @@ def launch_train():
     import subprocess
     import sys
 
-    def run(nproc: int, *args: str) -> None:
+    def run(nproc: int, *args: str, env: dict[str, str] | None = None) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -97,7 +97,10 @@ def launch_train():
             "train",
             *args,
         ]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        import os
+
+        env = {**os.environ, **(env or {})}
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
     return run

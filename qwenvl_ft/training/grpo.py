@@ -359,14 +359,14 @@ def completion_mask(completion: torch.Tensor, stop_ids: list[int]) -> torch.Tens
     return (torch.arange(completion.shape[1], device=completion.device)[None] <= first[:, None]).long()
 
 
-def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, resume: Path | None):
+def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, resume: Path | None, args):
     """`train(cfg)` for `train.method: grpo`: check the prompts, build the model, train, save."""
     from ..data.checking import check_datasets, format_report
     from ..data.dataset import CACHE_DIR
     from ..data.plan import select
     from ..data.readers import DataError
     from ..data.sources import Source, mix
-    from ..train import TrainResult, is_main_process, training_arguments
+    from ..train import TrainResult, is_main_process
     from .grpo_data import PromptDataset, as_list, prompt_rules
     from .modules import trainable_table
     from .outputs import DescribeCheckpoints, describe, plot_loss, plot_series, run_metadata
@@ -378,14 +378,15 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
     rewards = load_rewards(cfg.grpo.rewards)  # a bad 'module:function' fails before the data check
     datasets = {}
     for split in ("train", "eval") if cfg.data.eval else ("train",):
-        sources, report = check_datasets(
-            prompt_rules(cfg),
-            getattr(cfg.data, split),
-            processor,
-            cache_dir=CACHE_DIR,
-            progress=is_main_process() and split == "train",
-            workers=cfg.data.check_workers,
-        )
+        with args.main_process_first(local=True, desc="prompt check"):  # one rank per node checks
+            sources, report = check_datasets(
+                prompt_rules(cfg),
+                getattr(cfg.data, split),
+                processor,
+                cache_dir=CACHE_DIR,
+                progress=is_main_process() and split == "train",
+                workers=cfg.data.check_workers,
+            )
         text = format_report(report, cfg.data.max_length, limit=20)
         if not report.ok or not report.plan:
             raise DataError(f"the GRPO data check of data.{split} failed:\n{text}")
@@ -397,7 +398,6 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
         if split == "train":  # vision-tower calls per step on every rank (VLTrainer)
             media_kinds = report.plan.media_kinds()
 
-    args = training_arguments(cfg, out)
     is_base = resolve_is_base(cfg)
     from transformers import set_seed
 

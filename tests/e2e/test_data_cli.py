@@ -88,3 +88,24 @@ def test_converted_coco_set_passes(tmp_path, capsys):
     assert len(out_file.read_text().splitlines()) == 3
     assert main(["data", "check", str(out_file), "--family", "qwen2_5_vl"]) == 0
     assert "usable: 3   errors: 0" in capsys.readouterr().out
+
+
+def test_a_second_check_reads_the_cached_result_unless_told_not_to(tmp_path, capsys, monkeypatch):
+    import qwenvl_ft.data.dataset as dataset
+
+    monkeypatch.setattr(dataset, "CACHE_DIR", tmp_path / "cache")
+    data = tmp_path / "demo.jsonl"
+    data.write_text(
+        (REPO / "data/demo/demo.jsonl").read_text().replace('"images/', f'"{REPO}/data/demo/images/')
+    )
+    args = ["data", "check", str(data), "--family", "qwen2_5_vl"]
+    outs = []
+    for extra in ([], [], ["--no-cache"], ["--workers", "2", "--no-cache"]):
+        assert main([*args, *extra]) == 0
+        outs.append(capsys.readouterr().out)
+    assert "(cached result)" not in outs[0] and "samples: 8  (cached result)" in outs[1]
+    assert "(cached result)" not in outs[2] and "(cached result)" not in outs[3]
+    # The same report either way, and from two check processes.
+    assert outs[0] == outs[2] == outs[3] == outs[1].replace("  (cached result)", "")
+    data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")  # the file changed
+    assert main(args) == 0 and "samples: 9\n" in capsys.readouterr().out

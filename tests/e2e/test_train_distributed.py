@@ -131,3 +131,41 @@ def test_zero3_checkpoint_without_consolidated_weights_converts(zero3_full_run, 
     rebuilt = dict(fam.model_class().from_pretrained(tmp_path / "standalone").named_parameters())
     assert rebuilt.keys() == consolidated.keys()
     assert all(torch.equal(rebuilt[k], consolidated[k]) for k in rebuilt)
+
+
+VISIT_HOOK = """
+import os
+
+if os.environ.get("QWENVL_FT_VISITS"):  # every Python process of the run, check workers included
+    import qwenvl_ft.data.check as check
+
+    checked = check.SampleRules.check
+
+    def counted(self, source, s, i, processor):
+        with open(os.environ["QWENVL_FT_VISITS"], "a") as f:
+            f.write(f"{os.getpid()} {s} {i}\\n")
+        return checked(self, source, s, i, processor)
+
+    check.SampleRules.check = counted
+"""
+
+
+def test_one_rank_per_node_checks_each_sample_once(launch_train, tiny_model, tmp_path):
+    """Two ranks on one node: rank 0 checks (in two check workers), rank 1 waits for its cached
+    result. Each sample's check is counted by a hook in every process: each sample exactly once."""
+    from qwenvl_ft.cli import main
+
+    assert main(["data", "synth", str(tmp_path / "data"), "--count", "600", "--seed", "7"]) == 0
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook/sitecustomize.py").write_text(VISIT_HOOK)
+    visits = tmp_path / "visits.txt"
+    launch_train(
+        2, str(REPO / "recipes/tiny/qwen2_5_vl_lora.yaml"), f"model.path={tiny_model('qwen2_5_vl')}",
+        f"output.dir={tmp_path / 'out'}", f"data.train=[{{path: {tmp_path / 'data/data.jsonl'}}}]",
+        "data.num_workers=0", "data.check_workers=2", "train.max_steps=1", "train.save_steps=1000",
+        env={"PYTHONPATH": f"{tmp_path / 'hook'}:{REPO}", "QWENVL_FT_VISITS": str(visits)},
+    )  # fmt: skip
+    lines = [line.split() for line in visits.read_text().splitlines()]
+    # Each sample once: rank 1 checked none (it read rank 0's cached result), rank 0's workers no
+    # sample twice. Had both ranks checked, every sample would be here twice.
+    assert sorted(int(i) for _, _, i in lines) == list(range(600))
