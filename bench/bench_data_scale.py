@@ -186,12 +186,12 @@ def start_to_first_step(
     poll.join()
     if proc.returncode != 0:
         raise RuntimeError("training failed:\n" + "".join(tail))
-    main, main_cmd = peaks.get(proc.pid, (0.0, ""))
-    # Loader workers are forks of the training process (its command line); the rest are the check's
-    # workers and their forkserver.
+    main = peaks.get(proc.pid, (0.0, ""))[0]
+    # The check's workers start from multiprocessing's forkserver (its command line says so); the
+    # loader workers are forks of the training process.
     others = {pid: v for pid, v in peaks.items() if pid != proc.pid}
-    loaders = sorted(round(v, 1) for pid, (v, cmd) in others.items() if cmd == main_cmd)
-    checkers = sorted(round(v, 1) for pid, (v, cmd) in others.items() if cmd != main_cmd)
+    checkers = sorted(round(v, 1) for pid, (v, cmd) in others.items() if "multiprocessing" in cmd)
+    loaders = sorted(round(v, 1) for pid, (v, cmd) in others.items() if "multiprocessing" not in cmd)
     return {"seconds_to_first_step": round(first, 1) if first else None, "seconds_total": round(time.perf_counter() - start, 1),
             "peak_rss_mib_main": round(main, 1), "peak_rss_mib_loader_workers": loaders,
             "peak_rss_mib_check_workers": checkers}  # fmt: skip

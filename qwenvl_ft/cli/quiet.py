@@ -36,51 +36,26 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
-import warnings
 from pathlib import Path
+
+from ..noise import (  # noqa: F401  (the means; this module decides, per command)
+    CPU_ONLY,
+    ENVIRONMENT,
+    LOG_RECORDS,
+    OPTIONAL,
+    WARNINGS,
+    _DropKnown,
+    keep_out,
+    kept_out,
+    silence_known_noise,
+)
 
 VERBOSE_ENV = "QWENVL_FT_VERBOSE"
 
-OPTIONAL = ("deepspeed", "bitsandbytes", "gptqmodel", "torchao")
-"""Libraries imported by others just because they are installed; kept out unless needed."""
-
 GPTQ = {"gptqmodel", "torchao"}  # transformers loads GPTQ through gptqmodel, which uses torchao
 QUANT_LIBRARIES = {"gptq": GPTQ, "awq": GPTQ, "bitsandbytes": {"bitsandbytes"}, "torchao": {"torchao"}}
-
-# Set before the libraries import, which is when they read them.
-ENVIRONMENT = {
-    "GPTQMODEL_DISABLE_GIL_WARNING": "1",  # "Python GIL is enabled: ... multi-gpu quant acceleration"
-}
-
-# (category, message regex) of warnings known to be harmless here. Messages match from the start.
-WARNINGS = [
-    # peft 0.21 reads transformers 5.24's deprecated property when it wraps a model (PeftModel.__init__).
-    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
-    # ... and the deprecated `gradient_checkpointing_enable` in prepare_model_for_kbit_training (Q-LoRA).
-    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated"),
-    # DeepSpeed ZeRO on torch 2.13 gathers through the deprecated collective, once per rank.
-    (FutureWarning, r"`torch\.distributed\.all_gather_into_tensor` is deprecated"),
-]
-
-# logger name -> message regexes of records known to be harmless here.
-LOG_RECORDS = {
-    # torchao's wheel carries CUDA kernels built for another Python; it falls back to Python code.
-    "torchao": [r"Failed to load .*\.so"],
-    # torchao registers enums with torch.compile the way older torch releases wanted.
-    "torch.utils._pytree": [r".* is an Enum subclass and is now natively supported by torch\.compile"],
-    # Training never uses the KV cache; transformers turns it off under gradient checkpointing and
-    # says so once (the config's use_cache is for generation and is saved as it is).
-    "transformers.utils.generic": [r"`use_cache=True` is incompatible with gradient checkpointing"],
-    "transformers.modeling_layers": [r"Caching is incompatible with gradient checkpointing in"],
-    # Expected on a machine without a GPU (tests, CI); where torch sees a GPU it is kept (CPU_ONLY).
-    "DeepSpeed": [r"Setting accelerator to CPU\. If you have GPU or other accelerator"],
-    # bitsandbytes' optional CPU kernel from the `kernels` hub package; the built-in one is used.
-    "bitsandbytes.backends.cpu.ops": [r"Failed to load CPU gemm_4bit_forward from kernels-community"],
-}
-CPU_ONLY = {"DeepSpeed"}  # loggers whose listed records are harmless only when torch sees no GPU
 
 
 def is_verbose(args: argparse.Namespace) -> bool:
@@ -98,21 +73,6 @@ def quiet_process(args: argparse.Namespace) -> None:
 
 
 # -- 1. libraries a command does not use -------------------------------------------------------------
-def keep_out(names: set[str]) -> None:
-    """Make `names` look uninstalled to this process (those not imported yet)."""
-    for name in sorted(names):
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
-
-
-def kept_out(error: BaseException) -> str | None:
-    """The library `keep_out` hid, if `error` is an import of it."""
-    if isinstance(error, ModuleNotFoundError) and error.name:
-        root = error.name.split(".")[0]
-        if root in OPTIONAL and sys.modules.get(root, 0) is None:
-            return root
-    return None
-
-
 def needed_libraries(args: argparse.Namespace) -> set[str]:
     """The optional libraries the command in `args` may use."""
     needed: set[str] = set()
@@ -206,34 +166,3 @@ def _output_to_a_file():
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
-
-
-class _DropKnown(logging.Filter):
-    def __init__(self, patterns: list[str], cpu_only: bool = False):
-        super().__init__()
-        self.patterns = [re.compile(p) for p in patterns]
-        self.cpu_only = cpu_only
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if not any(p.match(message) for p in self.patterns):
-            return True
-        return self.cpu_only and _sees_a_gpu()
-
-
-def _sees_a_gpu() -> bool:
-    import torch  # imported already: the library logging here runs on it
-
-    return torch.cuda.is_available()
-
-
-def silence_known_noise() -> None:
-    """Drop the listed warnings and log records; set the listed environment variables."""
-    for key, value in ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
-    for category, message in WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
-    for name, patterns in LOG_RECORDS.items():
-        # A logger's filters see the records created on it; the library's own getLogger(name)
-        # later returns this same object, so the filter holds before the library is imported.
-        logging.getLogger(name).addFilter(_DropKnown(patterns, cpu_only=name in CPU_ONLY))

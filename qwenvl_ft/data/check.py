@@ -31,7 +31,7 @@ from .checking import (  # noqa: F401  (the report's pieces, where callers have 
 from .clips import VideoClip, plan_clip
 from .conversation import Box, Conversation
 from .encode import IGNORE, render, tokenize
-from .images import ImageError, image_size, load_image
+from .images import ImageError, image_size, verify_image
 from .plan import SAMPLE_ROW, PlanItem, row  # noqa: F401
 from .readers import DataError
 from .sources import Source
@@ -125,9 +125,7 @@ def check_sample(
             elif seg.kind == "image":
                 try:
                     w, h = (
-                        load_image(seg.value, allow_urls).size
-                        if decode
-                        else image_size(seg.value, allow_urls)
+                        verify_image(seg.value, allow_urls) if decode else image_size(seg.value, allow_urls)
                     )
                     processor.image_tokens(h, w)  # refuses extreme aspect ratios
                     sizes.append(Size(w, h))

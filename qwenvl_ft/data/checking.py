@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -163,11 +164,17 @@ def resolve_workers(workers: int | None, total: int) -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(rules: Rules, sources: list[Source], processor: VLProcessor) -> None:
+def _init_worker(blob: bytes, kept: list[str], silence: bool) -> None:
+    """A worker's start: this run's noise settings first (qwenvl_ft/noise.py), then what it checks
+    with, unpickled only now, since unpickling imports transformers and whatever it pulls in."""
+    from .. import noise
+
+    noise.apply(kept, silence)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the pool is the parallelism
     import torch
 
     torch.set_num_threads(1)
+    rules, sources, processor = pickle.loads(blob)
     _WORKER.update(rules=rules, sources=sources, processor=processor)
 
 
@@ -199,8 +206,13 @@ def _run_pool(rules, sources, processor, chunks, workers, results, bar) -> None:
     # forkserver: workers start from a clean process, not a copy of this one (which may hold threads,
     # a CUDA context or a tokenizer's thread pool, none of which survive a fork).
     ctx = multiprocessing.get_context("forkserver")
+    from .. import noise
+
     with ProcessPoolExecutor(
-        workers, ctx, initializer=_init_worker, initargs=(rules, sources, processor)
+        workers,
+        ctx,
+        initializer=_init_worker,
+        initargs=(pickle.dumps((rules, sources, processor)), *noise.settings()),
     ) as pool:
         pending = {pool.submit(_worker_chunk, *chunk): k for k, chunk in enumerate(chunks)}
         while pending:

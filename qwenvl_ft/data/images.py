@@ -113,6 +113,23 @@ def image_size(ref: Any, allow_urls: bool = False) -> tuple[int, int]:
         raise _as_image_error(ref, e, "cannot read") from None
 
 
+def verify_image(ref: Any, allow_urls: bool = False) -> tuple[int, int]:
+    """(width, height) of an image whose data decodes; a corrupt or truncated file raises `ImageError`
+    as `load_image` would. A JPEG decodes at 1/8 scale: libjpeg's scaled decode still reads and
+    entropy-decodes all of the file's data, which is where truncation and corruption show, and only
+    the inverse DCT shrinks (a 0.63 MP photo: 0.97 ms instead of 1.66, with the same errors).
+    Other formats decode in full."""
+    try:
+        with _open_checked(ref, allow_urls) as im:
+            full = im.size
+            if im is not ref:
+                im.draft(im.mode, (max(1, full[0] // 8), max(1, full[1] // 8)))
+            im.load()
+            return full
+    except Exception as e:
+        raise _as_image_error(ref, e, "corrupt image") from None
+
+
 @dataclass
 class ReducedImage:
     """A JPEG decoded at reduced scale, standing in for the full image.

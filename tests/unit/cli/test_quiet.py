@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qwenvl_ft import noise
 from qwenvl_ft.cli import build_parser, main, quiet
 
 REPO = Path(__file__).resolve().parents[3]
@@ -67,9 +68,9 @@ def test_a_cpu_only_record_prints_where_a_gpu_is_seen(monkeypatch):
     record = logging.LogRecord(
         "DeepSpeed", logging.WARNING, "x.py", 1, "Setting accelerator to CPU.", (), None
     )
-    monkeypatch.setattr(quiet, "_sees_a_gpu", lambda: False)
+    monkeypatch.setattr(noise, "_sees_a_gpu", lambda: False)
     assert drop.filter(record) is False
-    monkeypatch.setattr(quiet, "_sees_a_gpu", lambda: True)
+    monkeypatch.setattr(noise, "_sees_a_gpu", lambda: True)
     assert drop.filter(record) is True
     other = logging.LogRecord("DeepSpeed", logging.WARNING, "x.py", 1, "a real problem", (), None)
     assert quiet._DropKnown([r"Setting accelerator to CPU"]).filter(other) is True
