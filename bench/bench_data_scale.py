@@ -83,7 +83,7 @@ def make_data(root: Path, samples: int, images: str, seed: int = 0) -> Path:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the check's workers)."""
+    """CPU time of this process and its finished children."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -102,8 +102,10 @@ def check_sweep(data: Path, model: Path, max_pixels: int, workers: list[int]) ->
         )
         wall = time.perf_counter() - start
         n = report.samples
+        # CPU time is this process's own only with one worker: pool workers are the forkserver's children.
+        cpu_s = round((cpu_seconds() - cpu) / n, 5) if k == 1 else None
         out.append({"workers": k, "samples": n, "usable": len(report.plan), "seconds": round(wall, 2),
-                    "samples_per_s": round(n / wall, 1), "cpu_s_per_sample": round((cpu_seconds() - cpu) / n, 5)})  # fmt: skip
+                    "samples_per_s": round(n / wall, 1), "cpu_s_per_sample": cpu_s})  # fmt: skip
         print(f"check, {k} worker(s): {n} samples in {wall:.1f} s, {n / wall:.0f}/s", flush=True)
     one = out[0]["samples_per_s"] if out and out[0]["workers"] == 1 else None
     for r in out:
@@ -131,7 +133,9 @@ def baseline(data: Path, model: Path, max_pixels: int, count: int) -> dict:
 
 
 def tree_peaks(root_pid: int, peaks: dict, stop: threading.Event) -> None:
-    """Poll the process tree under root_pid: each process's VmHWM (peak resident memory), in MiB."""
+    """Poll the process tree under root_pid: per process, (VmHWM, its command line, the largest RssAnon
+    seen), in MiB. VmHWM is the peak resident memory; RssAnon its private part (the rest is file pages:
+    memory-mapped plans and indexes, libraries, shared with other processes)."""
     while not stop.is_set():
         for pid in _tree(root_pid):
             try:
@@ -139,8 +143,17 @@ def tree_peaks(root_pid: int, peaks: dict, stop: threading.Event) -> None:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
-            peaks[pid] = (max(hwm / 1024, peaks.get(pid, (0, ""))[0]), cmd[:80])
+            kb = {
+                ln.split(":")[0]: int(ln.split()[1])
+                for ln in status.splitlines()
+                if ln.startswith(("VmHWM", "RssAnon"))
+            }
+            old = peaks.get(pid, (0.0, "", 0.0))
+            peaks[pid] = (
+                max(kb.get("VmHWM", 0) / 1024, old[0]),
+                cmd[:80],
+                max(kb.get("RssAnon", 0) / 1024, old[2]),
+            )
         time.sleep(0.2)
 
 
@@ -186,15 +199,20 @@ def start_to_first_step(
     poll.join()
     if proc.returncode != 0:
         raise RuntimeError("training failed:\n" + "".join(tail))
-    main = peaks.get(proc.pid, (0.0, ""))[0]
+    main, _, anon = peaks.get(proc.pid, (0.0, "", 0.0))
     # The check's workers start from multiprocessing's forkserver (its command line says so); the
     # loader workers are forks of the training process.
-    others = {pid: v for pid, v in peaks.items() if pid != proc.pid}
-    checkers = sorted(round(v, 1) for pid, (v, cmd) in others.items() if "multiprocessing" in cmd)
-    loaders = sorted(round(v, 1) for pid, (v, cmd) in others.items() if "multiprocessing" not in cmd)
-    return {"seconds_to_first_step": round(first, 1) if first else None, "seconds_total": round(time.perf_counter() - start, 1),
-            "peak_rss_mib_main": round(main, 1), "peak_rss_mib_loader_workers": loaders,
-            "peak_rss_mib_check_workers": checkers}  # fmt: skip
+    others = [(v, cmd, a) for pid, (v, cmd, a) in peaks.items() if pid != proc.pid]
+    loaders = sorted((round(v, 1), round(a, 1)) for v, cmd, a in others if "multiprocessing" not in cmd)
+    return {
+        "seconds_to_first_step": round(first, 1) if first else None,
+        "seconds_total": round(time.perf_counter() - start, 1),
+        "peak_rss_mib_main": round(main, 1),
+        "peak_rss_anon_mib_main": round(anon, 1),
+        "peak_rss_mib_loader_workers": [v for v, _ in loaders],
+        "peak_rss_anon_mib_loader_workers": [a for _, a in loaders],
+        "peak_rss_mib_check_workers": sorted(round(v, 1) for v, cmd, _ in others if "multiprocessing" in cmd),
+    }
 
 
 def main() -> None:
@@ -214,6 +232,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--max-pixels", type=int, default=1003520)
     ap.add_argument("--root", default="/tmp/qwenvl-ft-bench-data", help="where data and the model are kept")
+    ap.add_argument("--home", help="the cache folder (HOME) of an earlier run: skip the uncached start")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     root = Path(args.root)
@@ -242,21 +261,23 @@ def main() -> None:
             result["check_vs_transformers_cpu_per_sample"] = round(
                 result["transformers_path"]["cpu_s_per_sample"] / result["check"][0]["cpu_s_per_sample"], 1
             )
-    home = root / f"home-{time.time_ns()}"  # a fresh cache folder: the first start checks, the second reads
+    home = Path(args.home) if args.home else root / f"home-{time.time_ns()}"  # fresh: the first start checks
+    starts = [("cached", data), ("small_cached", small), ("small_cached_again", small)]
+    if not args.home:
+        starts.insert(0, ("uncached", data))
     runs = {}
-    for name, d in (
-        ("uncached", data),
-        ("cached", data),
-        ("small_cached", small),
-        ("small_cached_again", small),
-    ):
+    for name, d in starts:
         runs[name] = start_to_first_step(
             d, model, home, root / "run", workers[-1], args.steps, args.max_pixels
         )
         print(f"start, {name}: {runs[name]}", flush=True)
     result["start"] = runs
-    growth = runs["cached"]["peak_rss_mib_main"] - runs["small_cached_again"]["peak_rss_mib_main"]
-    result["main_peak_rss_growth_bytes_per_sample"] = round(growth * 2**20 / (args.samples - args.small), 1)
+    for key in ("peak_rss_mib_main", "peak_rss_anon_mib_main"):
+        growth = runs["cached"][key] - runs["small_cached_again"][key]
+        name = key.replace("_mib_main", "")
+        result[f"main_{name}_growth_bytes_per_sample"] = round(
+            growth * 2**20 / (args.samples - args.small), 1
+        )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -343,7 +343,7 @@ def format_report(report: CheckReport, max_length: int, limit: int = 50) -> str:
         pct = {q: lengths[min(len(lengths) - 1, int(q / 100 * len(lengths)))] for q in (50, 90, 99)}
         lines.append(
             f"tokens per sample: min {lengths[0]}, p50 {pct[50]}, p90 {pct[90]}, p99 {pct[99]}, "
-            f"max {lengths[-1]}, total {int(lengths.sum())}"
+            f"max {lengths[-1]}, total {int(lengths.sum(dtype=np.int64))}"
         )
     for title, problems in (
         ("errors", report.errors),

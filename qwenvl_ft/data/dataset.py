@@ -143,7 +143,7 @@ class SFTDataset(Dataset):
         """i, then stand-ins: same token length first, then shorter (nearest first: it still fits i's
         packed row), then longer; dataset order among equals, so every worker picks the same one."""
         yield i
-        lengths = self.lengths()
+        lengths = self.lengths().astype(np.int64)
         if self._by_length is None:
             self._by_length = np.lexsort((np.arange(len(lengths)), lengths))  # by length, then position
         order, n = self._by_length, lengths[i]

@@ -98,10 +98,10 @@ class Plan:
 
     @property
     def lengths(self) -> np.ndarray:
-        """Token lengths (int64): a pair's is its prompt + longer answer."""
+        """Token lengths (uint32, 4 bytes a sample): a pair's is its prompt + longer answer."""
         if "length" in self.rows.dtype.names:
-            return self.rows["length"].astype(np.int64)
-        return np.maximum(self.rows["chosen_length"], self.rows["rejected_length"]).astype(np.int64)
+            return np.ascontiguousarray(self.rows["length"])
+        return np.maximum(self.rows["chosen_length"], self.rows["rejected_length"])
 
     def media_kinds(self) -> int:
         """How many kinds of media (images, videos) the plan's samples hold: vision-tower calls per step."""
