@@ -22,12 +22,12 @@ from PIL import Image
 
 from .data.clips import VideoClip
 from .data.conversation import Conversation
-from .data.encode import Encoded, Piece, render, tokenize
-from .merge import load_source, read_run
+from .data.encode import Encoded
+from .data.prompts import encode_prompt
 from .models import get_family, resolve_family
 from .models.base import ModelFamily
 from .models.processor import VLProcessor
-from .training.setup import DTYPES
+from .runs import DTYPES, is_adapter, load_adapter_model, processor_dir, read_run
 
 
 @dataclass
@@ -69,15 +69,13 @@ class Predictor:
         """A base, merged or fully fine-tuned checkpoint directory, or a LoRA run / checkpoint directory."""
         path = Path(path)
         torch_dtype = DTYPES[dtype]
-        if (path / "adapter_config.json").is_file():  # a LoRA run: the adapter on its recorded base
+        if is_adapter(path):  # a LoRA run: the adapter on its recorded base
             meta = read_run(path)
             family = get_family(meta["family"])
             check_thinking(family, thinking)  # refused before the weights load
             base_path = Path(base or meta["base_model"])
-            model = load_source("lora", path, base_path, family, torch_dtype)
-            processor = family.load_processor(
-                str(path if (path / "tokenizer_config.json").is_file() else base_path)
-            )
+            model = load_adapter_model(path, base_path, family, torch_dtype)
+            processor = family.load_processor(str(processor_dir(path, base_path)))
         else:
             family = resolve_family(str(path), None)
             check_thinking(family, thinking)
@@ -87,21 +85,9 @@ class Predictor:
         return cls(model.to(device).eval(), processor, family, thinking)
 
     def prompt(self, conv: Conversation, images: list[Image.Image], videos: list[VideoClip] = ()) -> Encoded:
-        """The conversation (ending with a user turn) and the generation prompt, as the model input.
-
-        videos: loaded clips (`data.clips.load_clip`), in the conversation's order."""
-        import dataclasses
-
-        from .data.encode import encode
-
-        pieces = render(conv, self.processor, images, videos=videos) + [
-            Piece(self.family.chat.im_start, False, True),
-            Piece(self.family.generation_prompt(self.thinking), False),
-        ]
-        ids, labels, types = tokenize(pieces, self.processor.tokenizer)
-        # The pixel tensors exactly as training builds them; the ids are the prompt's.
-        enc = encode(Conversation(conv.id), self.processor, images, videos=videos)
-        return dataclasses.replace(enc, input_ids=ids, labels=labels, mm_token_type_ids=types)
+        """The conversation (ending with a user turn) and the generation prompt, as the model input
+        (data/prompts.py). videos: loaded clips (`data.clips.load_clip`), in the conversation's order."""
+        return encode_prompt(conv, self.processor, images, videos, self.thinking)
 
     @torch.no_grad()
     def generate(
@@ -125,15 +111,15 @@ class Predictor:
     ) -> list[Answer]:
         """One answer per (conversation, images[, videos]), with its reasoning apart."""
         tok = self.processor.tokenizer
-        generation.setdefault("eos_token_id", self._stop_ids())
+        generation.setdefault("eos_token_id", self.stop_ids())
         generation.setdefault("pad_token_id", tok.pad_token_id)
         out: list[Answer] = []
         for start in range(0, len(samples), batch_size):
             prompts = [self.prompt(*sample) for sample in samples[start : start + batch_size]]
-            inputs = self._batch(prompts)
+            inputs = self.batch(prompts)
             ids = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generation)
             new = ids[:, inputs["input_ids"].shape[1] :]
-            out += [self.split(self._text(row)) for row in new.tolist()]
+            out += [self.split(self.decode(row)) for row in new.tolist()]
         return out
 
     def split(self, text: str) -> Answer:
@@ -145,8 +131,9 @@ class Predictor:
         reasoning, answer = think.split(text, opened)
         return Answer(answer, reasoning)
 
-    def _batch(self, prompts: list[Encoded]) -> dict[str, torch.Tensor]:
-        """Left-padded: every prompt ends where generation starts."""
+    def batch(self, prompts: list[Encoded], model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Encoded prompts as one left-padded batch (every prompt ends where generation starts) on the
+        device and in the dtype of `model` (default: this predictor's)."""
         pad = self.processor.tokenizer.pad_token_id
         longest = max(len(p.input_ids) for p in prompts)
         ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
@@ -157,7 +144,8 @@ class Predictor:
             ids[row, longest - n :] = torch.tensor(p.input_ids)
             mask[row, longest - n :] = 1
             types[row, longest - n :] = torch.tensor(p.mm_token_type_ids)
-        device = next(self.model.parameters()).device
+        param = next((model or self.model).parameters())
+        device = param.device
         batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
         with_images = [p for p in prompts if p.pixel_values is not None]
         if with_images:
@@ -168,14 +156,15 @@ class Predictor:
             values = [getattr(p, key) for p in prompts if getattr(p, key) is not None]
             if values:
                 batch[key] = torch.cat(values)
-        dtype = next(self.model.parameters()).dtype
+        dtype = param.dtype
         return {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
 
-    def _stop_ids(self) -> list[int]:
+    def stop_ids(self) -> list[int]:
+        """The ids of the family's stop tokens: generation ends at the first."""
         return self.processor.tokenizer.convert_tokens_to_ids(list(self.family.chat.stop_tokens))
 
-    def _text(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int]) -> str:
         """Generated ids up to the first stop token, as text with the other special tokens kept."""
-        stops = set(self._stop_ids())
+        stops = set(self.stop_ids())
         cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
         return self.processor.tokenizer.decode(ids[:cut], skip_special_tokens=False)

@@ -22,16 +22,26 @@ import torch
 from . import __version__
 from .models import get_family
 from .models.base import ModelFamily
-from .training.setup import DTYPES, METADATA_FILE, checkpoint_meta
+from .runs import (
+    DTYPES,
+    METADATA_FILE,
+    RunError,
+    checkpoint_meta,
+    load_adapter_model,
+    processor_dir,
+    read_run,
+)
 
 # Unit roundoff per dtype; verification allows VERIFY_FACTOR of them relative to the logit scale.
 ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 # In 16 bits the weights' own rounding dominates (measured ~5 roundoffs); in fp32 the two paths'
-# different summation orders through every layer do, and a strongly trained adapter reached 85.
-VERIFY_FACTOR = {torch.float32: 256, torch.bfloat16: 64, torch.float16: 64}
+# different summation orders through every layer do: a strongly trained adapter reached 85, a
+# Qwen3.5-MoE adapter 350 on another CPU of the same kind. A wrong merge misses by the adapter's
+# whole effect, orders of magnitude more (tests/e2e/test_merge.py breaks one to check).
+VERIFY_FACTOR = {torch.float32: 2048, torch.bfloat16: 64, torch.float16: 64}
 
 
-class MergeError(ValueError):
+class MergeError(RunError):
     """A merge that cannot go ahead; the message says what to do."""
 
 
@@ -42,15 +52,6 @@ class MergeResult:
     """'lora' (adapter merged), 'full' (weights re-exported) or 'zero' (rebuilt from ZeRO shards)."""
     max_logit_diff: float | None
     tolerance: float | None
-
-
-def read_run(run_dir: Path) -> dict:
-    meta_file = run_dir / METADATA_FILE
-    if not meta_file.is_file():
-        raise MergeError(
-            f"{run_dir} has no {METADATA_FILE}: it is not a qwenvl-ft run or checkpoint directory"
-        )
-    return json.loads(meta_file.read_text())
 
 
 def source_kind(run_dir: Path) -> str:
@@ -101,9 +102,7 @@ def merge(
     model = load_source(kind, run_dir, base_path, family, torch_dtype)
     steps.update()
     # Loaded once: it encodes the verification samples and is saved with the output.
-    processor = family.load_processor(
-        str(run_dir if (run_dir / "tokenizer_config.json").is_file() else base_path)
-    )
+    processor = family.load_processor(str(processor_dir(run_dir, base_path)))
     samples = verification_inputs(processor) if verify and kind == "lora" else []
     before = [logits(model, s, torch_dtype) for s in samples]
     steps.set_postfix_str("merging")
@@ -133,11 +132,7 @@ def merge(
 def load_source(kind: str, run_dir: Path, base_path: Path, family: ModelFamily, dtype: torch.dtype):
     """The model to export (a PeftModel for adapters), loaded in full precision (never 4-bit)."""
     if kind == "lora":
-        from peft import PeftModel
-
-        base_model = family.load_model(str(base_path), dtype=dtype)
-        # The adapter's recorded base path is ignored: the base is the one loaded here.
-        return PeftModel.from_pretrained(base_model, str(run_dir), torch_device="cpu").eval()
+        return load_adapter_model(run_dir, base_path, family, dtype)
     if kind == "full":
         return family.load_model(str(run_dir), dtype=dtype).eval()
     return model_from_zero(run_dir, base_path, family, dtype)

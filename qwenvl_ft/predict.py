@@ -21,16 +21,9 @@ from tqdm.auto import tqdm
 from .config import DatasetSpec
 from .data.conversation import Conversation
 from .data.images import load_image
+from .data.prompts import split_reference
 from .data.sources import Source
 from .infer import Answer, Predictor
-
-
-def split_reference(conv: Conversation) -> tuple[Conversation, Conversation]:
-    """(prompt: the turns before the last assistant turn, reference: that turn alone)."""
-    last = max((i for i, t in enumerate(conv.turns) if t.role == "assistant"), default=None)
-    if last is None:
-        raise ValueError(f"{conv.id}: no assistant turn to use as the reference")
-    return Conversation(conv.id, conv.turns[:last], conv.source_id), Conversation(conv.id, [conv.turns[last]])
 
 
 def record(predictor: Predictor, conv: Conversation, reference: Conversation, images, answer: Answer) -> dict:

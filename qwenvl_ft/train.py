@@ -26,13 +26,13 @@ from .data.packing import PackedDataset, PackingCollator
 from .data.sources import Source
 from .models import resolve_family
 from .models.capabilities import check_capabilities
+from .runs import checkpoint_meta, describe, metadata
 from .training.data_wait import summary as data_wait_summary
 from .training.modules import trainable_table
-from .training.outputs import DescribeCheckpoints, describe, plot_loss, prepare_output_dir, run_metadata
+from .training.outputs import DescribeCheckpoints, plot_loss, prepare_output_dir
 from .training.setup import (
     adapt,
     check_compatible,
-    checkpoint_meta,
     load_model,
     resolve_is_base,
     upcast_trainable,
@@ -101,7 +101,7 @@ def train(cfg: RecipeConfig) -> TrainResult:
         + trainable_table(model, family.paths)
     )
 
-    meta = run_metadata(cfg, family.name, is_base)
+    meta = metadata(cfg, family.name, is_base)
     trainer = VLTrainer(
         model=model,
         args=args,

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from .check import CheckReport, check_specs, error_message, format_report
 from .clips import load_clip, plan_clip
 from .encode import Encoded, encode
+from .images import load_for
 from .plan import Plan, PlanItem, select
 from .readers import DataError
 from .sources import Source, mix
@@ -113,7 +114,7 @@ class SFTDataset(Dataset):
             conv.turns = conv.turns[: item.turns]
             segments = [s for t in conv.turns for s in t.segments]
             images = [
-                self.processor.load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"
+                load_for(self.processor, s.value, self.allow_urls) for s in segments if s.kind == "image"
             ]
             videos = [
                 load_clip(plan_clip(s.value, self.processor), self.processor)

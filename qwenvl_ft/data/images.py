@@ -23,11 +23,12 @@ import io
 import urllib.request
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+
+from ..models.processor import ReducedImage
 
 URL_TIMEOUT_S = 30
 
@@ -130,24 +131,6 @@ def verify_image(ref: Any, allow_urls: bool = False) -> tuple[int, int]:
         raise _as_image_error(ref, e, "corrupt image") from None
 
 
-@dataclass
-class ReducedImage:
-    """A JPEG decoded at reduced scale, standing in for the full image.
-
-    `width` and `height` are the file's (what token budgets and box coordinates use, as for a full
-    decode); `image` holds the decoded pixels, smaller than that but at least the `reduce_to`
-    target in both dimensions. `VLProcessor.images` resizes it to the target the full image gets.
-    """
-
-    image: Image.Image
-    width: int
-    height: int
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.width, self.height
-
-
 def draft_scale(size: tuple[int, int], target: tuple[int, int]) -> int:
     """The largest JPEG decode reduction (8, 4, 2 or 1) whose result, ceil(size / s) on each side,
     is still at least `target` (width, height) on both sides."""
@@ -185,3 +168,8 @@ def load_image(
         return rgb if rgb.size == full else ReducedImage(rgb, *full)
     except Exception as e:
         raise _as_image_error(ref, e, "corrupt image") from None
+
+
+def load_for(processor, ref: Any, allow_urls: bool = False) -> Image.Image | ReducedImage:
+    """An image for `processor.images`, decoded as its `image_decode` says (`load_image`'s reduce_to)."""
+    return load_image(ref, allow_urls, processor.decode_target if processor.image_decode == "draft" else None)

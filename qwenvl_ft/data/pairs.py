@@ -43,6 +43,7 @@ from .checking import CheckReport, Outcome, Problem, check_datasets, error_messa
 from .clips import load_clip, plan_clip
 from .conversation import Conversation
 from .encode import IGNORE, render, tokenize
+from .images import load_for
 from .plan import PAIR_ROW, PairItem, Plan, row, select  # noqa: F401  (PairItem: where it was)
 from .readers import DataError, detect_format, to_conversation
 from .sources import Source, mix
@@ -273,7 +274,7 @@ def encode_pair(pair: Pair, processor: VLProcessor, images: list, videos: list =
 def load_and_encode(pair: Pair, processor: VLProcessor, allow_urls: bool = False) -> EncodedPair:
     """Load the pair's images and videos (once) and encode it."""
     segments = [s for t in pair.chosen.turns for s in t.segments]
-    images = [processor.load_image(s.value, allow_urls) for s in segments if s.kind == "image"]
+    images = [load_for(processor, s.value, allow_urls) for s in segments if s.kind == "image"]
     videos = [load_clip(plan_clip(s.value, processor), processor) for s in segments if s.kind == "video"]
     return encode_pair(pair, processor, images, videos)
 

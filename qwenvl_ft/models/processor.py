@@ -5,9 +5,9 @@ torchvision; `AutoProcessor.from_pretrained` on a real checkpoint therefore fail
 without it. This one pairs the checkpoint's tokenizer with the PIL image processor (same pixel
 values) and reads and writes the same files as a real checkpoint directory.
 
-It also loads the images it will process (`load_image`): with `image_decode = "draft"` a large
-JPEG is decoded at reduced scale, no smaller than the size this processor resizes it to
-(data/images.py), and `images` resizes such an image to exactly the size the full decode gets.
+Images decoded at reduced scale (`data.images.load_for` with `image_decode = "draft"`: a large JPEG
+no smaller than the size this processor resizes it to) come as a `ReducedImage`, which `images`
+resizes to exactly the size the full decode gets.
 """
 
 from __future__ import annotations
@@ -17,14 +17,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..data.images import ReducedImage, load_image
-
 if TYPE_CHECKING:
     import torch
     from PIL import Image
     from transformers import PreTrainedTokenizerBase
 
     from .base import ModelFamily
+
+
+@dataclass
+class ReducedImage:
+    """A JPEG decoded at reduced scale, standing in for the full image (data/images.py `load_image`).
+
+    `width` and `height` are the file's (what token budgets and box coordinates use, as for a full
+    decode); `image` holds the decoded pixels, smaller than that but at least the size the processor
+    resizes the file to in both dimensions. `VLProcessor.images` resizes it to that size.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
 
 
 @dataclass
@@ -38,7 +54,7 @@ class VLProcessor:
     thinking: str | None = None
     """The recipe's `data.thinking` (how reasoning is rendered); None: the official template's way."""
     image_decode: Literal["draft", "exact"] = "exact"
-    """The recipe's `data.image_decode`: how `load_image` decodes JPEGs larger than the resize target."""
+    """The recipe's `data.image_decode`: how `data.images.load_for` decodes JPEGs larger than the resize target."""
     special_text: Literal["error", "escape"] = "error"
     """The recipe's `data.special_text`: text spelling a control token is an error, or plain text."""
 
@@ -109,10 +125,6 @@ class VLProcessor:
             return side, side
         h, w = self.resized_size(height, width)
         return w, h
-
-    def load_image(self, ref: Any, allow_urls: bool = False) -> Image.Image | ReducedImage:
-        """An image for `images`, decoded as `image_decode` says (data/images.py `load_image`)."""
-        return load_image(ref, allow_urls, self.decode_target if self.image_decode == "draft" else None)
 
     def images(self, images: list[Image.Image | ReducedImage]) -> dict[str, torch.Tensor]:
         """pixel_values, plus image_grid_thw (images x 3) for the generations with dynamic resolution."""

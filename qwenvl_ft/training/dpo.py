@@ -45,9 +45,10 @@ from ..data.check import format_report
 from ..data.dataset import CACHE_DIR
 from ..data.encode import IGNORE
 from ..data.pairs import PairCollator, build_pair_dataset
+from ..runs import describe, metadata
 from .keepalive import VisionKeepalive
 from .modules import trainable_table
-from .outputs import DescribeCheckpoints, describe, plot_loss, plot_series, run_metadata
+from .outputs import DescribeCheckpoints, plot_loss, plot_series
 from .setup import adapt, load_model, resolve_is_base, upcast_trainable
 from .trainer import VLTrainer
 
@@ -55,23 +56,24 @@ log = logging.getLogger("qwenvl_ft")
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
 
 
-def run_dpo(cfg: RecipeConfig, family, processor, out: Path, resume: Path | None):
+def run_dpo(cfg: RecipeConfig, family, processor, out: Path, resume: Path | None, args):
     """Check the pairs, build policy and reference, train with the DPO loss, save like an SFT run."""
-    from ..train import TrainResult, is_main_process, training_arguments
+    from ..train import TrainResult, is_main_process
 
     reference_cfg = reference_config(cfg, family)  # a wrong dpo.reference fails before the data check
-    dataset, report = build_pair_dataset(
-        cfg.data, processor, cfg.train.seed, progress=is_main_process(), cache_dir=CACHE_DIR
-    )
-    eval_set = None
-    if cfg.data.eval:
-        eval_set, eval_report = build_pair_dataset(
-            cfg.data, processor, cfg.train.seed, False, "eval", CACHE_DIR
+    with args.main_process_first(local=True, desc="pair check"):  # one rank per node checks
+        dataset, report = build_pair_dataset(
+            cfg.data, processor, cfg.train.seed, progress=is_main_process(), cache_dir=CACHE_DIR
         )
+        eval_set = eval_report = None
+        if cfg.data.eval:
+            eval_set, eval_report = build_pair_dataset(
+                cfg.data, processor, cfg.train.seed, False, "eval", CACHE_DIR
+            )
+    if eval_report is not None:
         log.info("eval pair check:\n" + format_report(eval_report, cfg.data.max_length, limit=10))
     log.info("pair check:\n" + format_report(report, cfg.data.max_length, limit=10))
 
-    args = training_arguments(cfg, out)  # before the models load: ZeRO-3 partitions them while loading
     is_base = resolve_is_base(cfg)
     set_seed(cfg.train.seed)  # LoRA initialises from train.seed, as in train()
     model = adapt(load_model(cfg, family), cfg, family, is_base)
@@ -91,7 +93,7 @@ def run_dpo(cfg: RecipeConfig, family, processor, out: Path, resume: Path | None
         + trainable_table(model, family.paths)
     )
 
-    meta = run_metadata(cfg, family.name, is_base)
+    meta = metadata(cfg, family.name, is_base)
     trainer = DPOTrainer(
         model=model,
         args=args,

@@ -210,9 +210,8 @@ class GRPOTrainer(VLTrainer):
     def _rollout(self, model, items: list[dict]) -> Rollout:
         g = self.grpo
         policy = self.accelerator.unwrap_model(model)
-        self.predictor.model = policy
         prompts = [item["prompt"] for item in items for _ in range(g.num_generations)]
-        batch = self.predictor._batch(prompts)
+        batch = self.predictor.batch(prompts, policy)
         was_training = policy.training
         policy.eval()
         try:
@@ -225,7 +224,7 @@ class GRPOTrainer(VLTrainer):
                 top_p=g.top_p,
                 top_k=g.top_k,
                 max_new_tokens=g.max_new_tokens,
-                eos_token_id=self.predictor._stop_ids(),
+                eos_token_id=self.predictor.stop_ids(),
                 pad_token_id=self.predictor.processor.tokenizer.pad_token_id,
                 use_cache=True,
                 synced_gpus=is_deepspeed_zero3_enabled(),
@@ -234,8 +233,8 @@ class GRPOTrainer(VLTrainer):
         finally:
             policy.train(was_training)
         completion = out[:, batch["input_ids"].shape[1] :]
-        mask = completion_mask(completion, self.predictor._stop_ids())
-        texts = [self.predictor._text(row) for row in completion.tolist()]
+        mask = completion_mask(completion, self.predictor.stop_ids())
+        texts = [self.predictor.decode(row) for row in completion.tolist()]
         advantages = self._score(items, texts, mask)
         inputs = {
             "input_ids": torch.cat([batch["input_ids"], completion], dim=1),
@@ -366,10 +365,11 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
     from ..data.plan import select
     from ..data.readers import DataError
     from ..data.sources import Source, mix
+    from ..runs import describe, metadata
     from ..train import TrainResult, is_main_process
     from .grpo_data import PromptDataset, as_list, prompt_rules
     from .modules import trainable_table
-    from .outputs import DescribeCheckpoints, describe, plot_loss, plot_series, run_metadata
+    from .outputs import DescribeCheckpoints, plot_loss, plot_series
     from .rewards import load_rewards
     from .setup import adapt, load_model, resolve_is_base, upcast_trainable
     from .task_eval import TaskEval
@@ -417,7 +417,7 @@ def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, res
         f"{', '.join(f'{r.name} x {r.weight:g}' for r in rewards)}), mode {cfg.train.mode}, reference: "
         f"{reference}, trainable parameters:\n" + trainable_table(model, family.paths)
     )
-    meta = run_metadata(cfg, family.name, is_base)
+    meta = metadata(cfg, family.name, is_base)
     trainer = GRPOTrainer(
         model=model,
         args=args,

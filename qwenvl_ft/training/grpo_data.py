@@ -2,7 +2,7 @@
 
 A GRPO sample is an ordinary SFT sample: its last assistant turn is the reference (what the rewards
 compare with) and the turns before it the prompt, split as `qwenvl-ft predict` splits them and
-rendered by `infer.Predictor.prompt`, so prompts are exactly the ones inference and evaluation
+rendered by `data.prompts` as `infer.Predictor.prompt` renders them, so prompts are exactly the ones inference and evaluation
 use, in every generation's own template (the first-generation Qwen-VL included). The SFT data check
 runs first (roles, images, boxes on their image, lengths); then, per usable sample:
 
@@ -23,12 +23,10 @@ from ..data.check import SampleRules, Size
 from ..data.checking import Outcome, Problem, error_message
 from ..data.clips import load_clip, plan_clip
 from ..data.conversation import Conversation
-from ..data.encode import Piece, render, tokenize
 from ..data.images import image_size, load_image
 from ..data.plan import Plan, PlanItem
+from ..data.prompts import encode_prompt, prompt_length, split_reference
 from ..data.readers import DataError
-from ..infer import Predictor
-from ..predict import split_reference
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,15 +40,6 @@ def kept(source: Source, item: PlanItem) -> Conversation:
     """The sample as the data check planned it (its first `turns` turns when it was truncated)."""
     conv = source.conversation(item.index)
     return Conversation(conv.id, conv.turns[: item.turns], conv.source_id)
-
-
-def prompt_length(predictor: Predictor, prompt: Conversation, sizes: list[Size], clips: list = ()) -> int:
-    """Tokens of the prompt as `Predictor.prompt` renders it, from image sizes and planned clips alone."""
-    pieces = render(prompt, predictor.processor, sizes, videos=clips) + [
-        Piece(predictor.family.chat.im_start, False, True),
-        Piece(predictor.family.generation_prompt(predictor.thinking), False),
-    ]
-    return len(tokenize(pieces, predictor.processor.tokenizer)[0])
 
 
 def prompt_problem(conv: Conversation, wants_boxes: bool) -> str | None:
@@ -71,7 +60,7 @@ def prompt_problem(conv: Conversation, wants_boxes: bool) -> str | None:
 class PromptRules(SampleRules):
     """The SFT sample check, then GRPO's prompt rules (module docstring), in one pass of the check loop.
 
-    The plan row's `length` is the prompt's token count (what `Predictor.prompt` encodes)."""
+    The plan row's `length` is the prompt's token count (what `data.prompts.encode_prompt` encodes)."""
 
     thinking: bool | None = None
     max_new_tokens: int = 128
@@ -104,9 +93,7 @@ class PromptRules(SampleRules):
                 for seg in t.segments
                 if seg.kind == "video"
             ]
-            n = prompt_length(
-                Predictor(None, processor, processor.family, self.thinking), prompt, sizes, clips
-            )
+            n = prompt_length(prompt, processor, sizes, clips, self.thinking)
         except Exception as e:  # as the SFT check: an error at the sample, never a crash
             return Outcome([Problem(conv.id, error_message(e))])
         if n + self.max_new_tokens > self.max_length:
@@ -155,7 +142,7 @@ class PromptDataset(Dataset):
         allow_urls: bool = False,
     ):
         self.sources, self.plan, self.order, self.allow_urls = sources, plan, order, allow_urls
-        self.predictor = Predictor(None, processor, processor.family, thinking)
+        self.processor, self.thinking = processor, thinking
 
     def __len__(self) -> int:
         return len(self.order)
@@ -167,7 +154,7 @@ class PromptDataset(Dataset):
         try:
             segments = [s for t in prompt.turns for s in t.segments]
             images = [load_image(s.value, self.allow_urls) for s in segments if s.kind == "image"]
-            processor = self.predictor.processor
+            processor = self.processor
             videos = [
                 load_clip(plan_clip(s.value, processor), processor) for s in segments if s.kind == "video"
             ]
@@ -175,8 +162,8 @@ class PromptDataset(Dataset):
             raise DataError(f"{conv.id}: {error_message(e)}") from None
         return {
             "index": k,
-            "prompt": self.predictor.prompt(prompt, images, videos),
-            "sample": sample_record(conv, ref, images, self.predictor.processor),
+            "prompt": encode_prompt(prompt, self.processor, images, videos, self.thinking),
+            "sample": sample_record(conv, ref, images, self.processor),
         }
 
 

@@ -1,33 +1,15 @@
-"""The run's output directory: it describes itself, resumes, and ends with a loss curve.
-
-Next to the final weights and every checkpoint: `qwenvl_ft.json` (base model path, family, mode,
-dtype, base-or-chat, versions), `resolved_config.yaml`, and the tokenizer / processor files, so a
-checkpoint loads, merges and resumes with no other flag.
-"""
+"""Training's side of the run directory (runs.py holds its contract): prepared at start, every
+checkpoint described like the final output, a loss curve at the end."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 from transformers import TrainerCallback
 
-from .. import __version__
-from ..config import ConfigError, RecipeConfig, dump_yaml
-from .setup import METADATA_FILE
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint (one whose trainer_state.json was written last)."""
-    found = [(int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name))]
-    for _, path in sorted(found, reverse=True):
-        if (path / "trainer_state.json").is_file():
-            return path
-    return None
+from ..config import ConfigError, RecipeConfig
+from ..runs import describe, latest_checkpoint
 
 
 def prepare_output_dir(cfg: RecipeConfig) -> tuple[Path, Path | None]:
@@ -49,36 +31,6 @@ def prepare_output_dir(cfg: RecipeConfig) -> tuple[Path, Path | None]:
             "output.overwrite=true to write over it, or choose another output.dir"
         )
     return out, None
-
-
-def run_metadata(cfg: RecipeConfig, family_name: str, is_base: bool) -> dict:
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "qwenvl_ft_version": __version__,
-        "family": family_name,
-        "base_model": str(Path(cfg.model.path).resolve()),
-        "method": cfg.train.method,
-        "mode": cfg.train.mode,
-        "is_base": is_base,
-        "dtype": cfg.model.dtype,
-        "quant_type": cfg.quant.quant_type if cfg.train.mode == "qlora" else None,
-        "versions": {
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "torch": torch.__version__,
-        },
-    }
-
-
-def describe(directory: Path, meta: dict, cfg: RecipeConfig, processor) -> None:
-    """Write metadata, the resolved config and the processor files into `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    (directory / "resolved_config.yaml").write_text(dump_yaml(cfg))
-    processor.save_pretrained(directory)
 
 
 class DescribeCheckpoints(TrainerCallback):

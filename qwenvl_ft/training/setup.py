@@ -22,23 +22,10 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from ..config import ConfigError, RecipeConfig
 from ..models.base import ModelFamily
 from ..models.gptq import GPTQError, gptq_config, quantized_kernels, trains
+from ..runs import DTYPES, checkpoint_meta
 from .modules import parameter_bytes, set_trainable
 
 log = logging.getLogger("qwenvl_ft")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-METADATA_FILE = "qwenvl_ft.json"
-
-
-def checkpoint_meta(model_dir: str | Path) -> dict:
-    """What a checkpoint says about itself: our metadata file, and a quantization config if any."""
-    meta: dict = {}
-    path = Path(model_dir) / METADATA_FILE
-    if path.is_file():
-        meta.update(json.loads(path.read_text()))
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    if "quantization_config" in config:
-        meta["quantized"] = config["quantization_config"].get("quant_method", "yes")
-    return meta
 
 
 def resolve_is_base(cfg: RecipeConfig) -> bool:

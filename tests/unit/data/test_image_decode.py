@@ -13,7 +13,7 @@ from PIL import Image
 
 from qwenvl_ft.config import DataConfig, DatasetSpec
 from qwenvl_ft.data.dataset import build_dataset
-from qwenvl_ft.data.images import ImageError, ReducedImage, draft_scale, load_image
+from qwenvl_ft.data.images import ImageError, ReducedImage, draft_scale, load_for, load_image
 from qwenvl_ft.data.synthetic_photo import camera_photo
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.processor import VLProcessor
@@ -56,7 +56,7 @@ def full_decode(data: bytes) -> Image.Image:
 )
 def test_draft_gives_the_full_decodes_pixel_values_up_to_resampling_noise(photo, name, max_pixels):
     proc = processor(name, max_pixels)
-    reduced = proc.load_image({"bytes": photo})
+    reduced = load_for(proc, {"bytes": photo})
     assert isinstance(reduced, ReducedImage) and reduced.size == (1600, 1200)
     assert reduced.image.width < 1600  # a real reduction, else this test compares exact with exact
     draft = proc.images([reduced])
@@ -113,7 +113,7 @@ def test_draft_never_decodes_below_the_resize_target(name, max_pixels, size):
     proc = processor(name, max_pixels)
     data = jpeg(camera_photo(size, seed=0))
     target = proc.decode_target(*size)
-    image = proc.load_image({"bytes": data})
+    image = load_for(proc, {"bytes": data})
     decoded = image.image.size if isinstance(image, ReducedImage) else image.size
     s = draft_scale(size, target)
     assert decoded == (-(-size[0] // s), -(-size[1] // s))
@@ -127,7 +127,7 @@ def test_exact_mode_is_the_old_full_decode_byte_for_byte(photo, tmp_path):
     proc = processor("qwen2_vl", 200704, mode="exact")
     path = tmp_path / "p.jpg"
     path.write_bytes(photo)
-    image = proc.load_image(str(path))
+    image = load_for(proc, str(path))
     assert isinstance(image, Image.Image) and image.tobytes() == full_decode(photo).tobytes()
     ours = proc.images([image])["pixel_values"]
     assert torch.equal(
@@ -140,11 +140,11 @@ def test_png_small_jpeg_and_in_memory_images_are_unaffected(tmp_path):
     proc = processor("qwen2_vl", 50176)
     big = camera_photo((1200, 900), seed=3)
     big.save(tmp_path / "big.png")
-    png = proc.load_image(str(tmp_path / "big.png"))
+    png = load_for(proc, str(tmp_path / "big.png"))
     assert isinstance(png, Image.Image) and png.tobytes() == big.tobytes()
     small = jpeg(camera_photo((300, 200), seed=3))  # under twice the target: nothing to gain
-    assert isinstance(proc.load_image({"bytes": small}), Image.Image)
-    assert proc.load_image(big) is big  # a caller's image object is used as it is
+    assert isinstance(load_for(proc, {"bytes": small}), Image.Image)
+    assert load_for(proc, big) is big  # a caller's image object is used as it is
 
 
 def test_exif_rotated_jpeg_keeps_its_stored_orientation_in_both_modes():
@@ -156,10 +156,10 @@ def test_exif_rotated_jpeg_keeps_its_stored_orientation_in_both_modes():
     data = jpeg(stored, exif=exif.tobytes())
     exact = processor("qwen2_vl", 100352, mode="exact")
     draft = processor("qwen2_vl", 100352)
-    image = draft.load_image({"bytes": data})
+    image = load_for(draft, {"bytes": data})
     assert isinstance(image, ReducedImage) and image.size == (1600, 1000)
     assert image.image.width > image.image.height  # reduced as stored, not turned
-    full = exact.load_image({"bytes": data})
+    full = load_for(exact, {"bytes": data})
     assert full.size == (1600, 1000)
     diff = (draft.images([image])["pixel_values"] - exact.images([full])["pixel_values"]).abs()
     assert diff.mean() < MEAN_TOLERANCE and diff.max() < MAX_TOLERANCE
@@ -167,7 +167,7 @@ def test_exif_rotated_jpeg_keeps_its_stored_orientation_in_both_modes():
 
 def test_truncated_jpeg_still_fails_in_draft_mode(photo):
     with pytest.raises(ImageError, match="corrupt image"):
-        processor("qwen2_vl", 50176).load_image({"bytes": photo[: len(photo) // 2]})
+        load_for(processor("qwen2_vl", 50176), {"bytes": photo[: len(photo) // 2]})
 
 
 def test_training_samples_from_drafted_images_keep_the_checked_length(tmp_path):

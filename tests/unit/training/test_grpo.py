@@ -195,10 +195,10 @@ def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grou
     prompt + answer must give each answer token the log-probability generation sampled it from
     (raw logits / temperature): positions (mRoPE, 1-D), padding and visual tokens all agree."""
     from qwenvl_ft.data.images import load_image
+    from qwenvl_ft.data.prompts import split_reference
     from qwenvl_ft.data.sources import Source
     from qwenvl_ft.infer import Predictor
     from qwenvl_ft.models import get_family
-    from qwenvl_ft.predict import split_reference
     from qwenvl_ft.training.grpo import answer_logps
 
     family = get_family(name)
@@ -211,7 +211,7 @@ def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grou
         prompt, _ = split_reference(source.conversation(i))
         images = [load_image(s.value) for t in prompt.turns for s in t.segments if s.kind == "image"]
         prompts.append(predictor.prompt(prompt, images))
-    batch = predictor._batch(prompts)
+    batch = predictor.batch(prompts)
     torch.manual_seed(0)
     out = model.generate(
         **batch, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=6, min_new_tokens=6,
