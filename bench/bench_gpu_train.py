@@ -109,8 +109,8 @@ class SyncedTimer(StepTimer):
 def checkpoint_dir(root: Path, config_path: Path | None) -> tuple[Path, object]:
     """A checkpoint directory without weights: the config.json, the tokenizer, the image processor."""
     from qwenvl_ft.models.processor import VLProcessor
-    from qwenvl_ft.models.tiny import make_tiny
     from qwenvl_ft.models.tokenizer import build_tokenizer
+    from qwenvl_ft.tiny import make_tiny
 
     if config_path is None:  # --tiny: make_tiny writes a scaled-down config (and unused weights)
         family = FAMILIES["qwen2_5_vl"]

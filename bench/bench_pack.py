@@ -333,7 +333,7 @@ def main() -> None:
 
     from qwenvl_ft.data.dataset import build_dataset
     from qwenvl_ft.models import get_family
-    from qwenvl_ft.models.tiny import make_tiny
+    from qwenvl_ft.tiny import make_tiny
 
     family = get_family("qwen2_5_vl")
     sides = args.sides.split(",")

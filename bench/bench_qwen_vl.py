@@ -54,7 +54,7 @@ from qwenvl_ft.data.sources import Source
 from qwenvl_ft.data.synthetic import shapes_image
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.gptq import quantize_checkpoint
-from qwenvl_ft.models.tiny import make_tiny
+from qwenvl_ft.tiny import make_tiny
 from qwenvl_ft.train import train
 
 REPO = Path(__file__).resolve().parents[1]

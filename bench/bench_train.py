@@ -53,7 +53,7 @@ from qwenvl_ft.config.loader import load_recipe
 from qwenvl_ft.data.collate import PaddingCollator
 from qwenvl_ft.data.dataset import build_dataset
 from qwenvl_ft.models import get_family, resolve_family
-from qwenvl_ft.models.tiny import make_tiny
+from qwenvl_ft.tiny import make_tiny
 from qwenvl_ft.train import training_arguments
 
 RECIPE = Path("recipes/tiny/qwen2_5_vl_lora.yaml")

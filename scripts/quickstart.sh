@@ -15,7 +15,7 @@ OUT=runs/quickstart
 DATA=$OUT/data
 mkdir -p "$OUT"
 
-echo "== 1/6 build a tiny Qwen3-VL: random language model, stand-in vision tower (see models/standin.py)"
+echo "== 1/6 build a tiny Qwen3-VL: random language model, stand-in vision tower (see qwenvl_ft/tiny/standin.py)"
 # The stand-in gives what a pretrained tower would: the colour and place of each patch. The
 # processor keeps 96x96 images as they are: 9 visual tokens, one per cell of the 3x3 grid.
 qwenvl-ft make-tiny qwen3_vl "$OUT/model" --small-vocab --standin-vision \

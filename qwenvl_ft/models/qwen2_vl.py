@@ -6,8 +6,6 @@ integers in [0, 1000) of the image.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from .base import (
     BlockShapes,
     BoxStyle,
@@ -85,18 +83,6 @@ SPECIAL_TOKEN_BOXES = dict(
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# Tiny models: the published layout scaled down to hidden 64, two layers, four heads.
-TINY_TEXT = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-6,
-)
-TINY_MROPE = [2, 3, 3]  # sums to head_dim / 2 = 8, in the published 16:24:24 proportions
-
 
 def text_shapes(t, qk_norm: bool = False) -> BlockShapes:
     """The decoder of every transformers-native generation (text_config field names)."""
@@ -140,21 +126,6 @@ class Qwen2VLFamily(ModelFamily):
         "Qwen2-VL-2B": "qwen2_vl-2b",
         "Qwen2-VL-7B-Instruct": "qwen2_vl-7b",
         "Qwen2-VL-7B": "qwen2_vl-7b",
-    }
-    tiny_vision: ClassVar[dict[str, Any]] = dict(
-        depth=2,
-        embed_dim=64,
-        hidden_size=64,
-        num_heads=4,
-        mlp_ratio=2,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-    )
-    tiny_rope: ClassVar[dict[str, Any]] = {
-        "rope_type": "default",
-        "rope_theta": 1000000.0,
-        "mrope_section": TINY_MROPE,
     }
 
     def model_class(self):
@@ -220,30 +191,4 @@ class Qwen2VLFamily(ModelFamily):
                 fused_qkv=True,
             ),
             merger_width=v.embed_dim,
-        )
-
-    def tiny_text_extra(self, tokenizer) -> dict[str, Any]:
-        """Text-config fields a later generation adds to the tiny layout (head_dim, experts...)."""
-        return {}
-
-    def tiny_config(self, tokenizer):
-        ids = tokenizer.convert_tokens_to_ids
-        config_class = self.model_class().config_class
-        return config_class(
-            text_config=dict(
-                TINY_TEXT,
-                # Real checkpoints pad the vocabulary (151936 for 151665 tokens); keep a multiple of 128.
-                vocab_size=-(-len(tokenizer) // 128) * 128,
-                rope_parameters=self.tiny_rope,
-                bos_token_id=ids("<|endoftext|>"),
-                eos_token_id=ids("<|im_end|>"),
-                pad_token_id=ids("<|endoftext|>"),
-                **self.tiny_text_extra(tokenizer),
-            ),
-            vision_config=self.tiny_vision,
-            tie_word_embeddings=False,
-            image_token_id=ids("<|image_pad|>"),
-            video_token_id=ids("<|video_pad|>"),
-            vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"),
         )

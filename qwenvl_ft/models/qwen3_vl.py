@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .base import BlockShapes, BoxStyle, ChatFormat, ModulePaths, Shapes, VideoBudget, VisionBudget
 from .qwen2_5_vl import SPECIAL_TOKENS_2_5
-from .qwen2_vl import TINY_MROPE, Qwen2VLFamily, text_shapes
+from .qwen2_vl import Qwen2VLFamily, text_shapes
 
 SPECIAL_TOKENS_3 = SPECIAL_TOKENS_2_5 + ("<tool_response>", "</tool_response>", "<think>", "</think>")
 
@@ -108,24 +108,6 @@ class Qwen3VLFamily(Qwen2VLFamily):
         "Qwen3-VL-4B-Instruct": "qwen3_vl-4b",
         "Qwen3-VL-8B-Instruct": "qwen3_vl-8b",
     }
-    tiny_vision = dict(
-        depth=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_heads=4,
-        out_hidden_size=64,
-        patch_size=16,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        num_position_embeddings=256,
-        deepstack_visual_indexes=[0, 1],
-    )
-    tiny_rope = {
-        "rope_type": "default",
-        "rope_theta": 5000000.0,
-        "mrope_section": TINY_MROPE,
-        "mrope_interleaved": True,
-    }
 
     def rope_model_class(self):
         from transformers import Qwen3VLModel
@@ -146,24 +128,6 @@ class Qwen3VLFamily(Qwen2VLFamily):
             merger_width=v.hidden_size,
             mergers=1 + len(v.deepstack_visual_indexes),
         )
-
-    def tiny_text_extra(self, tokenizer):
-        return {"head_dim": 16}
-
-    def standin_vision(self, model) -> None:
-        from .standin import colour_filter, gated_projector, place_code, zero_out
-
-        v = model.get_submodule(self.paths.vision)
-        colour_filter(v.patch_embed.proj, self.vision.image_mean, self.vision.image_std)
-        place_code(v.pos_embed.weight)
-        for block in v.blocks:
-            zero_out(block.attn.proj, block.mlp.linear_fc2)
-        merger, width = v.merger, v.pos_embed.weight.shape[1]
-        merger.norm.reset_parameters()  # a plain LayerNorm over each patch
-        gated_projector(merger.linear_fc1, merger.linear_fc2, width, v.spatial_merge_size**2)
-        # No second path into the language model (generations without DeepStack have no list).
-        for extra in getattr(v, "deepstack_merger_list", ()):
-            zero_out(extra.linear_fc2)
 
     def video_spans(self, grid, timestamps):
         # As transformers' Qwen3VLProcessor expands the template's <|vision_start|><|video_pad|><|vision_end|>:

@@ -38,13 +38,3 @@ class Qwen3VLMoeFamily(Qwen3VLFamily):
         return replace(
             shapes, text=replace(shapes.text, intermediate=t.moe_intermediate_size * t.num_experts_per_tok)
         )
-
-    def tiny_text_extra(self, tokenizer):
-        return {
-            "head_dim": 16,
-            "num_experts": 4,
-            "num_experts_per_tok": 2,
-            "moe_intermediate_size": 64,
-            "decoder_sparse_step": 1,
-            "mlp_only_layers": [],
-        }

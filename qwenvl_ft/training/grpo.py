@@ -3,11 +3,13 @@
     qwenvl-ft train recipes/qwen2_5_vl/7b_grpo_lora.yaml
 
 One optimizer step, from `GRPOTrainer.compute_loss`:
-1. rollout: each prompt of the micro-batch (encoded by `infer.Predictor.prompt`, the prompts that
-   inference uses) is repeated `grpo.num_generations` times and the policy samples an answer for
-   each with its own `generate()` (temperature / top_p / top_k), stopping at the family's stop
-   tokens (never the image / video span tokens, which the forward would take for visual features);
-   the stop token belongs to the answer (the policy learns to stop, as SFT teaches it);
+1. rollout: each prompt of the micro-batch (encoded by `data.prompts`, as inference encodes them)
+   is repeated `grpo.num_generations` times and the policy samples an answer for each with its own
+   `generate()` (temperature / top_p / top_k), stopping at the family's stop tokens (never the
+   image / video span tokens, which the forward would take for visual features);
+   the stop token belongs to the answer (the policy learns to stop, as SFT teaches it); a prompt's
+   media are encoded once (the dataset item) and the vision tower runs once per prompt in every
+   forward, sampling and scoring (`vision_once`, "each" layout);
 2. rewards: the answers, split from their reasoning as `predict` splits them, are scored by the
    recipe's rewards (rewards.py); their weighted sum gives each answer its reward, and the
    advantage is the reward minus its group's mean, divided by the group's std (`scale_rewards`);
@@ -32,33 +34,29 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
-from ..config.schema import GRPOConfig, RecipeConfig
+from ..config.schema import GRPOConfig
+from ..data.checking import check_split, format_report
+from ..data.dataset import CACHE_DIR
+from ..data.sources import Source
 from ..infer import Predictor
-from ..models.base import ModelFamily
 from .drift import DriftWatch
-from .rewards import Reward
+from .grpo_data import PromptDataset, as_list, prompt_rules
+from .lifecycle import Run, TrainResult, build_policy, fit, frozen_copy, is_main_process, trainer_kwargs
+from .logprobs import token_logps
+from .methods import Method
+from .rewards import Reward, load_rewards
 from .samplers import RepeatBlocks
+from .task_eval import TaskEval
 from .trainer import VLTrainer
+from .vision_once import vision_once
 
 log = logging.getLogger("qwenvl_ft")
 
 PIXEL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
-
-
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[index] per position: TRL's memory-lean implementation (the `rl` extra)."""
-    try:
-        from trl.trainer.utils import selective_log_softmax as trl_selective_log_softmax
-    except ImportError:
-        raise ImportError(
-            "train.method: grpo needs TRL: pip install 'qwenvl-ft[rl]' (or pip install trl)"
-        ) from None
-    return trl_selective_log_softmax(logits, index)
 
 
 def group_advantages(rewards: torch.Tensor, group: int, scale: str = "group") -> torch.Tensor:
@@ -145,26 +143,12 @@ class GRPOTrainer(VLTrainer):
     ):
         super().__init__(*args, **kwargs)
         self.grpo, self.rewards, self.predictor = grpo, rewards, predictor
-        self.ref_model = ref_model and self._prepare_reference(ref_model)
+        self.ref_model = ref_model and self.prepare_reference(ref_model)
         self.epsilon_high = grpo.epsilon_high if grpo.epsilon_high is not None else grpo.epsilon
         self._rollouts: dict[tuple[int, ...], Rollout] = {}
-        self._metrics: dict[str, list[float]] = defaultdict(list)
         self._step_metrics: dict[str, list[float]] = defaultdict(list)  # this optimizer step's, for the watch
         self.drift = DriftWatch(grpo.drift_window)
         self.add_callback(WatchDrift(self))
-
-    def _prepare_reference(self, reference: torch.nn.Module) -> torch.nn.Module:
-        """The frozen copy (full fine-tuning) placed like the policy, as TRL places its reference:
-        sharded under ZeRO-3 / FSDP (`trl.models.prepare_deepspeed` / `prepare_fsdp`), else on device."""
-        if self.is_deepspeed_enabled:
-            from trl.models import prepare_deepspeed
-
-            return prepare_deepspeed(reference, self.accelerator)
-        if self.is_fsdp_enabled:
-            from trl.models import prepare_fsdp
-
-            return prepare_fsdp(reference, self.accelerator)
-        return self.accelerator.prepare_model(reference, evaluation_mode=True)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.grpo.num_iterations == 1:
@@ -200,8 +184,8 @@ class GRPOTrainer(VLTrainer):
             self.grpo.loss_type,
             self.grpo.max_new_tokens,
         )
+        self.record(stats, "train")
         for name, value in stats.items():
-            self._metrics[name].append(value)
             self._step_metrics[name].append(value)
         return (loss, None) if return_outputs else loss
 
@@ -217,19 +201,20 @@ class GRPOTrainer(VLTrainer):
         try:
             from transformers.integrations import is_deepspeed_zero3_enabled
 
-            out = policy.generate(
-                **batch,
-                do_sample=True,
-                temperature=g.temperature,
-                top_p=g.top_p,
-                top_k=g.top_k,
-                max_new_tokens=g.max_new_tokens,
-                eos_token_id=self.predictor.stop_ids(),
-                pad_token_id=self.predictor.processor.tokenizer.pad_token_id,
-                use_cache=True,
-                synced_gpus=is_deepspeed_zero3_enabled(),
-                suppress_tokens=self._media_ids(),
-            )
+            with self._vision_once(model):
+                out = policy.generate(
+                    **batch,
+                    do_sample=True,
+                    temperature=g.temperature,
+                    top_p=g.top_p,
+                    top_k=g.top_k,
+                    max_new_tokens=g.max_new_tokens,
+                    eos_token_id=self.predictor.stop_ids(),
+                    pad_token_id=self.predictor.processor.tokenizer.pad_token_id,
+                    use_cache=True,
+                    synced_gpus=is_deepspeed_zero3_enabled(),
+                    suppress_tokens=self._media_ids(),
+                )
         finally:
             policy.train(was_training)
         completion = out[:, batch["input_ids"].shape[1] :]
@@ -273,22 +258,28 @@ class GRPOTrainer(VLTrainer):
         ).T  # (answers, rewards)
         weights = torch.tensor([r.weight for r in self.rewards], dtype=torch.float32)
         total = scores @ weights
+        metrics = {}
         for j, reward in enumerate(self.rewards):
-            self._metrics[f"reward/{reward.name}"].append(scores[:, j].mean().item())
-            self._metrics[f"reward/{reward.name}_group_std"].append(
-                scores[:, j].view(-1, g).std(1).mean().item()
-            )
+            metrics[f"reward/{reward.name}"] = scores[:, j].mean().item()
+            metrics[f"reward/{reward.name}_group_std"] = scores[:, j].view(-1, g).std(1).mean().item()
         std = total.view(-1, g).std(1)
-        self._metrics["reward"].append(total.mean().item())
-        self._metrics["reward_group_std"].append(std.mean().item())
-        self._metrics["frac_reward_zero_std"].append((std < 1e-6).float().mean().item())
-        self._metrics["completion_length"].append(mask.sum(1).float().mean().item())
+        metrics["reward"] = total.mean().item()
+        metrics["reward_group_std"] = std.mean().item()
+        metrics["frac_reward_zero_std"] = (std < 1e-6).float().mean().item()
+        metrics["completion_length"] = mask.sum(1).float().mean().item()
+        self.record(metrics, "train")
         self._step_metrics["reward"].append(total.mean().item())
         self._step_metrics["completion_length"].append(mask.sum(1).float().mean().item())
         return group_advantages(total, g, self.grpo.scale_rewards)
 
     def _logps(self, model, rollout: Rollout) -> torch.Tensor:
-        return answer_logps(model, rollout.inputs, rollout.completion_ids, self.grpo.temperature)
+        with self._vision_once(model):
+            return token_logps(model, rollout.inputs, rollout.completion_ids, self.grpo.temperature)
+
+    def _vision_once(self, model):
+        """The rows repeat each prompt's media once per sampled answer: the tower runs once per prompt."""
+        visual = self._base_model(model).get_submodule(self.family.paths.vision)
+        return vision_once(visual, self.grpo.num_generations, "each")
 
     def _ref_logps(self, policy, rollout: Rollout) -> torch.Tensor:
         if self.ref_model is not None:
@@ -306,12 +297,6 @@ class GRPOTrainer(VLTrainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metrics:
-            logs.update({k: round(sum(v) / len(v), 4) for k, v in self._metrics.items()})
-            self._metrics.clear()
-        super().log(logs, start_time)
 
 
 class WatchDrift(TrainerCallback):
@@ -340,17 +325,6 @@ class WatchDrift(TrainerCallback):
             log.info(f"GRPO: {summary}")
 
 
-def answer_logps(
-    model, inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """Per-token log-probabilities of the answers (the last `completion_ids.shape[1]` positions of
-    `inputs`) under `model` at the sampling temperature: only those positions' logits are computed."""
-    n = completion_ids.shape[1]
-    out = model(**inputs, logits_to_keep=n + 1, use_cache=False)
-    logits = out.logits[:, :-1] / temperature  # position t predicts answer token t
-    return selective_log_softmax(logits, completion_ids)
-
-
 def completion_mask(completion: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
     """1 on each answer's tokens up to and including its first stop token (all of it when none)."""
     is_stop = torch.isin(completion, torch.tensor(stop_ids, device=completion.device))
@@ -358,98 +332,56 @@ def completion_mask(completion: torch.Tensor, stop_ids: list[int]) -> torch.Tens
     return (torch.arange(completion.shape[1], device=completion.device)[None] <= first[:, None]).long()
 
 
-def train_grpo(cfg: RecipeConfig, family: ModelFamily, processor, out: Path, resume: Path | None, args):
-    """`train(cfg)` for `train.method: grpo`: check the prompts, build the model, train, save."""
-    from ..data.checking import check_datasets, format_report
-    from ..data.dataset import CACHE_DIR
-    from ..data.plan import select
-    from ..data.readers import DataError
-    from ..data.sources import Source, mix
-    from ..runs import describe, metadata
-    from ..train import TrainResult, is_main_process
-    from .grpo_data import PromptDataset, as_list, prompt_rules
-    from .modules import trainable_table
-    from .outputs import DescribeCheckpoints, plot_loss, plot_series
-    from .rewards import load_rewards
-    from .setup import adapt, load_model, resolve_is_base, upcast_trainable
-    from .task_eval import TaskEval
-
+def run_grpo(run: Run) -> TrainResult:
+    """Check the prompts, build the policy (and a frozen reference for full fine-tuning with beta),
+    train on sampled answers, finish like an SFT run."""
+    cfg, family, processor = run.cfg, run.family, run.processor
     check_vllm(cfg.grpo)
     rewards = load_rewards(cfg.grpo.rewards)  # a bad 'module:function' fails before the data check
-    datasets = {}
+    datasets, reports = {}, {}
     for split in ("train", "eval") if cfg.data.eval else ("train",):
-        with args.main_process_first(local=True, desc="prompt check"):  # one rank per node checks
-            sources, report = check_datasets(
+        with run.args.main_process_first(local=True, desc="prompt check"):  # one rank per node checks
+            sources, reports[split], order = check_split(
                 prompt_rules(cfg),
-                getattr(cfg.data, split),
+                cfg.data,
                 processor,
-                cache_dir=CACHE_DIR,
+                cfg.train.seed,
+                split,
+                "GRPO prompt check",
+                CACHE_DIR,
                 progress=is_main_process() and split == "train",
-                workers=cfg.data.check_workers,
             )
-        text = format_report(report, cfg.data.max_length, limit=20)
-        if not report.ok or not report.plan:
-            raise DataError(f"the GRPO data check of data.{split} failed:\n{text}")
-        log.info(f"GRPO data check ({split}):\n{text}")
-        order = select(report.plan, mix(sources, cfg.train.seed), [len(s) for s in sources])
-        datasets[split] = PromptDataset(
-            sources, report.plan, order, processor, cfg.grpo.thinking, cfg.data.allow_urls
+        log.info(
+            f"GRPO prompt check ({split}):\n" + format_report(reports[split], cfg.data.max_length, limit=20)
         )
-        if split == "train":  # vision-tower calls per step on every rank (VLTrainer)
-            media_kinds = report.plan.media_kinds()
+        datasets[split] = PromptDataset(
+            sources, reports[split].plan, order, processor, cfg.grpo.thinking, cfg.data.allow_urls
+        )
 
-    is_base = resolve_is_base(cfg)
-    from transformers import set_seed
-
-    set_seed(cfg.train.seed)
-    model = adapt(load_model(cfg, family), cfg, family, is_base)
-    if cfg.model.dtype != "fp32" and not cfg.train.deepspeed:
-        upcast_trainable(model)
-    ref_model = None
-    if cfg.grpo.beta and cfg.train.mode == "full":  # LoRA's reference is the adapter switched off
-        ref_model = load_model(cfg, family).eval().requires_grad_(False)
     g = cfg.grpo
-    reference = (
-        "none (beta 0)" if not g.beta else "a frozen copy" if ref_model else "the adapter switched off"
+    frozen = bool(g.beta) and cfg.train.mode == "full"  # LoRA's reference is the adapter switched off
+    policy = build_policy(
+        run,
+        f"GRPO ({g.num_generations} answers per prompt, rewards "
+        f"{', '.join(f'{r.name} x {r.weight:g}' for r in rewards)})",
+        "none (beta 0)" if not g.beta else "a frozen copy" if frozen else "the adapter switched off",
     )
-    log.info(
-        f"{family.title}, GRPO ({g.num_generations} answers per prompt, rewards "
-        f"{', '.join(f'{r.name} x {r.weight:g}' for r in rewards)}), mode {cfg.train.mode}, reference: "
-        f"{reference}, trainable parameters:\n" + trainable_table(model, family.paths)
-    )
-    meta = metadata(cfg, family.name, is_base)
     trainer = GRPOTrainer(
-        model=model,
-        args=args,
+        **trainer_kwargs(run, policy, reports["train"].plan.media_kinds()),
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("eval"),
         data_collator=as_list,
-        family=family,
-        vision_lr=cfg.train.vision_lr,
-        merger_lr=cfg.train.merger_lr,
-        media_kinds=media_kinds,
+        group_by_length=cfg.data.group_by_length,
         task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, family)
         if cfg.data.eval
         else None,
-        callbacks=[DescribeCheckpoints(meta, cfg, processor)],
-        grpo=cfg.grpo,
+        grpo=g,
         rewards=rewards,
-        predictor=Predictor(None, processor, family, cfg.grpo.thinking),
-        ref_model=ref_model,
+        predictor=Predictor(None, processor, family, g.thinking),
+        ref_model=frozen_copy(cfg, family) if frozen else None,
     )
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    trainer.save_model(str(out))
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        describe(out, meta, cfg, processor)
-        curves = [plot_loss(trainer.state.log_history, out / "loss.png")]
-        keys = ("reward", *(f"reward/{r.name}" for r in rewards)) if len(rewards) > 1 else ("reward",)
-        curves.append(
-            plot_series(trainer.state.log_history, keys, out / "rewards.png", "GRPO rewards (mean)")
-        )
-        shown = ", ".join(str(c) for c in curves if c)
-        log.info(f"done: outputs in {out.resolve()}" + (f", curves {shown}" if shown else ""))
-    return TrainResult(out, trainer.model, trainer.state.log_history)
+    keys = ("reward", *(f"reward/{r.name}" for r in rewards)) if len(rewards) > 1 else ("reward",)
+    return fit(run, policy, trainer, curves={"rewards.png": (keys, "GRPO rewards (mean)")})
 
 
 def check_vllm(g: GRPOConfig) -> None:
@@ -466,3 +398,19 @@ def check_vllm(g: GRPOConfig) -> None:
         "'grpo.use_vllm: true': vLLM rollouts are not wired in this version; set it to false "
         "(the policy's own generate() samples the groups)"
     )
+
+
+METHOD = Method(
+    "grpo",
+    run_grpo,
+    honours=(
+        "data.group_by_length",
+        "eval.generate",
+        "eval.task",
+        "eval.max_new_tokens",
+        "eval.limit",
+        "eval.batch_size",
+        "grpo.*",
+    ),
+    summary="answers sampled per prompt, scored by rewards",
+)

@@ -147,6 +147,10 @@ class PromptDataset(Dataset):
     def __len__(self) -> int:
         return len(self.order)
 
+    def lengths(self) -> np.ndarray:
+        """Each prompt's checked token count, for `data.group_by_length`."""
+        return self.plan.lengths[self.order]
+
     def __getitem__(self, k: int) -> dict:
         item = self.plan[int(self.order[k])]
         conv = kept(self.sources[item.source], item)

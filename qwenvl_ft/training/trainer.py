@@ -8,15 +8,20 @@
   sequence of ZeRO-3 / FSDP gathers and none waits forever on batches that mix images, videos
   and text;
 - tokens per second and peak memory in every log line, and a sparse-expert router's
-  load-balancing loss (`aux_loss`, already inside the loss) averaged since the last line;
+  load-balancing loss (`aux_loss`, already inside the loss) averaged since the last line (through
+  the metrics buffer below);
 - `get_batch_samples` (the Trainer's fetch of one optimizer step's micro-batches) timed, so each
-  log line carries `data_wait`, the share of step time spent waiting for the loader (data_wait.py).
+  log line carries `data_wait`, the share of step time spent waiting for the loader (data_wait.py);
+- one metrics buffer for what a method's loss measures (`record`; TRL's `_metrics[mode]`): each log
+  line carries the means since the last one, of training or of an evaluation;
+- `prepare_reference`: a frozen reference model placed like the policy (DPO, GRPO).
 """
 
 from __future__ import annotations
 
 import resource
 import time
+from collections import defaultdict
 
 import torch
 from transformers import Trainer
@@ -50,7 +55,7 @@ class VLTrainer(Trainer):
         self.task_eval = task_eval
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
         self._tokens = 0
-        self._aux: list[torch.Tensor] = []
+        self._metrics: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._last_log = time.perf_counter()
         self.keepalive = VisionKeepalive(family, self._base_model(self.model))
         self.data_wait = DataWait()
@@ -99,7 +104,7 @@ class VLTrainer(Trainer):
         else:
             loss, outputs = self._head_loss(model, inputs, num_items_in_batch)
         if getattr(outputs, "aux_loss", None) is not None and model.training:
-            self._aux.append(outputs.aux_loss.detach())
+            self.record({"aux_loss": outputs.aux_loss.detach()}, "train")
         return (loss, outputs) if return_outputs else loss
 
     def _head_loss(self, model, inputs, num_items_in_batch):
@@ -135,11 +140,40 @@ class VLTrainer(Trainer):
             metrics.update(extra)  # what metric_for_best_model is read from
         return metrics
 
+    def record(self, metrics: dict[str, float | torch.Tensor], mode: str | None = None) -> None:
+        """Add values to the means of the next log line (`mode`: train or eval; default: the model's).
+        Tensors are kept as they are (no device sync per step) until the line is written."""
+        mode = mode or ("train" if self.model.training else "eval")
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(
+                value.detach().float().reshape(()) if torch.is_tensor(value) else value
+            )
+
+    def prepare_reference(self, reference: torch.nn.Module) -> torch.nn.Module:
+        """A frozen copy placed like the policy, as TRL places its reference: sharded under ZeRO-3 / FSDP
+        (`trl.models.prepare_deepspeed` / `prepare_fsdp`), else on the device."""
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models import prepare_fsdp
+
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
+
     def _base_model(self, model):
         model = self.accelerator.unwrap_model(model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode, prefix = ("train", "") if "loss" in logs else ("eval", "eval_")
+        if mode == "train" or any(k.startswith("eval_") for k in logs):
+            for key, values in self._metrics[mode].items():
+                if values:
+                    mean = torch.stack([torch.as_tensor(v, dtype=torch.float32).cpu() for v in values]).mean()
+                    logs[prefix + key] = round(mean.item(), 6)
+            self._metrics[mode].clear()
         if "loss" in logs:
             now = time.perf_counter()
             logs["tokens_per_s"] = round(
@@ -149,9 +183,7 @@ class VLTrainer(Trainer):
             wait = self.data_wait.window_share()
             if wait is not None:
                 logs["data_wait"] = round(wait, 3)
-            if self._aux:
-                logs["aux_loss"] = round(torch.stack(self._aux).float().mean().item(), 6)
-            self._tokens, self._last_log, self._aux = 0, now, []
+            self._tokens, self._last_log = 0, now
         super().log(logs, start_time)
 
 

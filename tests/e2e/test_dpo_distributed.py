@@ -16,7 +16,7 @@ import torch
 
 from qwenvl_ft.data.synthetic_pairs import write_pair_set
 from qwenvl_ft.models import get_family
-from qwenvl_ft.models.tiny import make_tiny
+from qwenvl_ft.tiny import make_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 

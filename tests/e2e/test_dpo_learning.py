@@ -25,7 +25,7 @@ from qwenvl_ft.config import ConfigError, DatasetSpec, load_recipe
 from qwenvl_ft.data.pairs import PairCollator, PairSource, load_and_encode
 from qwenvl_ft.models import get_family
 from qwenvl_ft.train import train
-from qwenvl_ft.training.dpo import answer_logps
+from qwenvl_ft.training.logprobs import sequence_logps
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ def preference(model, model_dir: Path, path: Path) -> tuple[float, float]:
     encoded = [load_and_encode(source.pair(i), processor) for i in range(len(source))]
     model.eval()
     with torch.no_grad():
-        logps, _ = answer_logps(model, PairCollator(processor.tokenizer.pad_token_id)(encoded))
+        logps, _ = sequence_logps(model, PairCollator(processor.tokenizer.pad_token_id)(encoded))
     chosen, rejected = logps.chunk(2)
     return (chosen > rejected).float().mean().item(), (chosen - rejected).mean().item()
 

@@ -22,7 +22,7 @@ from qwenvl_ft.cli import main
 from qwenvl_ft.config import ConfigError
 from qwenvl_ft.merge import MergeError, logits, merge, verification_inputs
 from qwenvl_ft.models import get_family
-from qwenvl_ft.models.tiny import make_tiny
+from qwenvl_ft.tiny import make_tiny
 from qwenvl_ft.train import train
 from qwenvl_ft.training.setup import load_model
 

@@ -26,7 +26,7 @@ images drawn from the same combinations as training) failed on them with 0.000 a
 tests pin each part against hand-worked values; this test checks that they work together.
 
 The vision tower is the stand-in for a pretrained one (`make-tiny --standin-vision`,
-qwenvl_ft/models/standin.py): a random tiny ViT's features barely depend on the image, and real
+qwenvl_ft/tiny/standin.py): a random tiny ViT's features barely depend on the image, and real
 fine-tuning always starts from a pretrained tower. Tower and projector stay frozen.
 """
 
@@ -42,8 +42,9 @@ from family_facts import FACTS, UNSET, need, registered
 
 from qwenvl_ft.cli import main
 from qwenvl_ft.data.synthetic import write_grounding_set
-from qwenvl_ft.models import ModelFamily, get_family
-from qwenvl_ft.models.tiny import make_tiny
+from qwenvl_ft.models import get_family
+from qwenvl_ft.tiny import make_tiny
+from qwenvl_ft.tiny.builders import builder_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def learners() -> list:
     """Families with a stand-in vision tower whose learning setup tests/family_facts.py gives (a family
     without facts runs and fails, naming what it lacks); slow setups run with --run-slow."""
     params = []
-    for name in registered(lambda f: type(f).standin_vision is not ModelFamily.standin_vision):
+    for name in registered(lambda f: builder_for(f).has_standin_vision()):
         learning = FACTS[name].learning if name in FACTS else UNSET
         if learning is None:  # sampled by another family with the same stand-in
             continue

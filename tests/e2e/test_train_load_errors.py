@@ -8,7 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
-import qwenvl_ft.train
+import qwenvl_ft.training.sft
 from qwenvl_ft.cli import main
 from qwenvl_ft.config import load_recipe
 from qwenvl_ft.train import train
@@ -21,14 +21,14 @@ def test_an_image_deleted_after_the_check(tiny_model, tmp_path, monkeypatch, cap
     shutil.copytree(REPO / "data/demo", tmp_path / "demo")
     data, image = tmp_path / "demo/demo.jsonl", tmp_path / "demo/images/003.png"
     kept = image.read_bytes()
-    build_dataset = qwenvl_ft.train.build_dataset
+    build_dataset = qwenvl_ft.training.sft.build_dataset
 
     def check_then_delete(*args, **kwargs):
         checked = build_dataset(*args, **kwargs)  # the check passes...
         image.unlink()  # ...and then the image goes away
         return checked
 
-    monkeypatch.setattr(qwenvl_ft.train, "build_dataset", check_then_delete)
+    monkeypatch.setattr(qwenvl_ft.training.sft, "build_dataset", check_then_delete)
     overrides = [
         f"model.path={tiny_model('qwen2_vl')}",
         f"data.train=[{{path: {data}}}]",

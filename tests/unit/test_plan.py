@@ -89,9 +89,10 @@ def test_lora_and_modules_to_save_counts_equal_peft(name):
     from peft import LoraConfig, get_peft_model
 
     from qwenvl_ft.models.tokenizer import build_tokenizer
+    from qwenvl_ft.tiny.builders import builder_for
 
     family = get_family(name)
-    config = family.tiny_config(build_tokenizer(family.special_tokens, family.chat_template, False))
+    config = builder_for(family).config(build_tokenizer(family.special_tokens, family.chat_template, False))
     facts = ModelFacts(family, config, "tiny", False)
     save = [family.paths.embeddings, family.paths.lm_head]
     lora, _ = facts.lora_params(family.lora_target_regex, 8)
@@ -199,6 +200,8 @@ def calibration_model(hidden: int = 1024, intermediate: int = 2816, **vision):
     """Qwen2.5-VL with a 2-layer decoder of real layer proportions (head_dim 128, GQA 4:1)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    from qwenvl_ft.tiny.builders import Qwen2_5VLTiny
+
     text = dict(
         hidden_size=hidden,
         intermediate_size=intermediate,
@@ -208,7 +211,7 @@ def calibration_model(hidden: int = 1024, intermediate: int = 2816, **vision):
         vocab_size=512,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
     )
-    vision = vision or get_family("qwen2_5_vl").tiny_vision
+    vision = vision or Qwen2_5VLTiny.vision
     torch.manual_seed(0)
     return Qwen2_5_VLForConditionalGeneration(
         Qwen2_5_VLConfig(text_config=text, vision_config=vision)

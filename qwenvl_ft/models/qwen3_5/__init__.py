@@ -34,11 +34,9 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from ..base import Shapes, ThinkFormat
 from ..qwen3_vl import BOXES_3, CHAT_3, PATHS_3, SPECIAL_TOKENS_3, VIDEO_3, VISION_3, Qwen3VLFamily
-from ..tokenizer import StandinSpec
 
 # Qwen3-VL's 26 special tokens, then the audio / speech tokens of the Omni line, in id order.
 SPECIAL_TOKENS_3_5 = SPECIAL_TOKENS_3 + (
@@ -69,35 +67,6 @@ LORA_TARGETS_3_5_MOE = (
     rf"model\.language_model\.layers\.\d+\.({_ATTENTION}|mlp\.shared_expert\.(gate|up|down)_proj)"
 )
 
-TINY_TEXT_3_5 = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    # Two linear-attention layers before the full one at least (the published 3 : 1 pattern).
-    layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-    linear_num_key_heads=2,
-    linear_num_value_heads=4,  # twice the key heads, as 9B (16 / 32)
-    linear_key_head_dim=16,
-    linear_value_head_dim=16,
-    linear_conv_kernel_dim=4,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-6,
-    attn_output_gate=True,
-)
-# head_dim 32 x partial_rotary_factor 0.25 = 8 rotated dims: sections sum to 4, as 11/11/10 to 32.
-TINY_ROPE_3_5 = {
-    "rope_type": "default",
-    "rope_theta": 10000000.0,
-    "mrope_section": [2, 1, 1],
-    "mrope_interleaved": True,
-    "partial_rotary_factor": 0.25,
-}
-# Qwen3-VL's tiny tower without DeepStack.
-TINY_VISION_3_5 = {k: v for k, v in Qwen3VLFamily.tiny_vision.items() if k != "deepstack_visual_indexes"}
-
 # Kernel packages (import name: PyPI name) whose absence makes transformers run its torch fallback.
 KERNELS = {"fla": "flash-linear-attention", "causal_conv1d": "causal-conv1d"}
 SPEED_NOTE = (
@@ -126,7 +95,6 @@ class Qwen3_5Family(Qwen3VLFamily):
     video = VIDEO_3
     lora_target_regex = LORA_TARGETS_3_5
     packing_isolation = "positions+linear_state"
-    tiny_tokenizer = "standin"
     thinking = True
     kept_tensors = ("mtp.",)
     published_sizes = {
@@ -137,8 +105,6 @@ class Qwen3_5Family(Qwen3VLFamily):
         "Qwen3.5-27B": "qwen3_5-27b",
         "Qwen3.6-27B": "qwen3_5-27b",
     }
-    tiny_vision = TINY_VISION_3_5
-    tiny_rope = TINY_ROPE_3_5
 
     @cached_property
     def chat_template(self) -> str:  # type: ignore[override]
@@ -191,78 +157,6 @@ class Qwen3_5Family(Qwen3VLFamily):
 
         return qwen3_5_shapes(config)
 
-    # -- tiny models -----------------------------------------------------------------------------
-    def tiny_tokenizer_spec(self) -> StandinSpec:
-        return StandinSpec(SPECIAL_TOKENS_3_5, FIRST_SPECIAL_ID, VOCAB_SIZE, PATTERN_3_5)
-
-    def tiny_text_extra(self, tokenizer) -> dict[str, Any]:
-        return {}
-
-    def tiny_config(self, tokenizer):
-        ids = tokenizer.convert_tokens_to_ids
-        return self.model_class().config_class(
-            text_config=dict(
-                TINY_TEXT_3_5,
-                vocab_size=VOCAB_SIZE,  # the published padding: every real id fits
-                rope_parameters=dict(self.tiny_rope),
-                bos_token_id=ids("<|endoftext|>"),
-                eos_token_id=ids("<|endoftext|>"),  # as the published text_config
-                pad_token_id=None,
-                # Untied as the published 9B, 27B and the MoE sizes (the 0.8B ties): lm_head is its own
-                # part, trained and merged apart from the embeddings.
-                tie_word_embeddings=False,
-                **self.tiny_text_extra(tokenizer),
-            ),
-            vision_config=self.tiny_vision,
-            tie_word_embeddings=False,
-            image_token_id=ids("<|image_pad|>"),
-            video_token_id=ids("<|video_pad|>"),
-            vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"),
-        )
-
-    def tiny_extra_tensors(self, config) -> dict[str, Any]:
-        """The `mtp.*` tensors of a published checkpoint, in the shapes `config` gives them.
-
-        One decoder layer with full attention (q_proj twice as wide for the output gate), `fc` from
-        [embedding; hidden] (2h) to h, and three norms; random values: the tiny model never uses them,
-        they exist so merge can be shown to keep them byte for byte.
-        """
-        import torch
-
-        t = config.get_text_config()
-        h, hd = t.hidden_size, t.head_dim
-        g = torch.Generator().manual_seed(1)
-
-        def rand(*shape: int) -> torch.Tensor:
-            return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
-
-        layer = "mtp.layers.0."
-        out = {
-            "mtp.fc.weight": rand(h, 2 * h),
-            "mtp.pre_fc_norm_embedding.weight": rand(h),
-            "mtp.pre_fc_norm_hidden.weight": rand(h),
-            "mtp.norm.weight": rand(h),
-            layer + "input_layernorm.weight": rand(h),
-            layer + "post_attention_layernorm.weight": rand(h),
-            layer + "self_attn.q_proj.weight": rand(2 * t.num_attention_heads * hd, h),
-            layer + "self_attn.k_proj.weight": rand(t.num_key_value_heads * hd, h),
-            layer + "self_attn.v_proj.weight": rand(t.num_key_value_heads * hd, h),
-            layer + "self_attn.o_proj.weight": rand(h, t.num_attention_heads * hd),
-            layer + "self_attn.q_norm.weight": rand(hd),
-            layer + "self_attn.k_norm.weight": rand(hd),
-        }
-        out.update(self._mtp_mlp(t, layer + "mlp.", rand))
-        return out
-
-    def _mtp_mlp(self, t, prefix: str, rand) -> dict[str, Any]:
-        i, h = t.intermediate_size, t.hidden_size
-        return {
-            prefix + "gate_proj.weight": rand(i, h),
-            prefix + "up_proj.weight": rand(i, h),
-            prefix + "down_proj.weight": rand(h, i),
-        }
-
 
 class Qwen3_5MoeFamily(Qwen3_5Family):
     """Qwen3.5 with sparse-expert MLPs in every layer (35B-A3B, 122B-A10B, 397B-A17B).
@@ -298,24 +192,3 @@ class Qwen3_5MoeFamily(Qwen3_5Family):
         from transformers import Qwen3_5MoeModel
 
         return Qwen3_5MoeModel
-
-    def tiny_text_extra(self, tokenizer) -> dict[str, Any]:
-        return {
-            "num_experts": 4,
-            "num_experts_per_tok": 2,
-            "moe_intermediate_size": 64,
-            "shared_expert_intermediate_size": 64,
-            "router_aux_loss_coef": 0.001,  # the published value
-        }
-
-    def _mtp_mlp(self, t, prefix: str, rand) -> dict[str, Any]:
-        e, i, h, s = t.num_experts, t.moe_intermediate_size, t.hidden_size, t.shared_expert_intermediate_size
-        return {
-            prefix + "gate.weight": rand(e, h),
-            prefix + "experts.gate_up_proj": rand(e, 2 * i, h),  # fused, as the published shards
-            prefix + "experts.down_proj": rand(e, h, i),
-            prefix + "shared_expert.gate_proj.weight": rand(s, h),
-            prefix + "shared_expert.up_proj.weight": rand(s, h),
-            prefix + "shared_expert.down_proj.weight": rand(h, s),
-            prefix + "shared_expert_gate.weight": rand(1, h),
-        }

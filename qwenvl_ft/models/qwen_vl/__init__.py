@@ -106,11 +106,6 @@ class QwenVLFamily(ModelFamily):
 
         return QwenVLImageProcessor.from_pretrained(path) if path is not None else QwenVLImageProcessor()
 
-    def image_processor_for(self, config):
-        from .image_processing import QwenVLImageProcessor
-
-        return QwenVLImageProcessor(config.visual["image_size"])  # a tower built smaller resizes smaller
-
     def vision_keepalive(self, model):
         import torch
 
@@ -122,23 +117,6 @@ class QwenVLFamily(ModelFamily):
                 torch.zeros(1, 3, vision.image_size, vision.image_size, dtype=p.dtype, device=p.device)
             ).sum()
         )
-
-    def standin_vision(self, model) -> None:
-        import torch
-
-        from ..standin import colour_filter, place_code, zero_out
-
-        v = model.get_submodule(self.paths.vision)
-        colour_filter(v.conv1, self.vision.image_mean, self.vision.image_std)  # conv1 has no bias
-        place_code(v.positional_embedding)
-        for block in v.transformer.resblocks:
-            zero_out(block.attn.out_proj, block.mlp.c_proj)
-        # The resampler's queries and keys both carry the sin-cos table: each query attends to the
-        # patches at its own place.
-        attn = v.attn_pool.attn
-        with torch.no_grad():
-            attn.in_proj_weight[: 2 * attn.embed_dim] = 8 * torch.eye(attn.embed_dim).repeat(2, 1)
-            attn.in_proj_bias.zero_()
 
     def shapes(self, config) -> Shapes:
         v = config.visual
@@ -169,29 +147,4 @@ class QwenVLFamily(ModelFamily):
                 eager_attention=True,
             ),
             merger_width=v["output_dim"],  # the resampler projects patches to output_dim first
-        )
-
-    def tiny_config(self, tokenizer):
-        from .configuration import QWenConfig
-
-        # hidden 256: image features replace embeddings, and the resampler has output_dim // 128 heads.
-        return QWenConfig(
-            vocab_size=-(-len(tokenizer) // 128) * 128,
-            hidden_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            kv_channels=64,
-            intermediate_size=512,
-            seq_length=2048,
-            visual={
-                "heads": 4,
-                "image_size": 448,
-                "image_start_id": tokenizer.convert_tokens_to_ids("<img>"),
-                "layers": 2,
-                "mlp_ratio": 2.0,
-                "output_dim": 256,
-                "patch_size": 14,
-                "width": 64,
-            },
-            architectures=["QWenLMHeadModel"],
         )

@@ -12,6 +12,7 @@ from qwenvl_ft.data.encode import IGNORE, encode
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.processor import VLProcessor
 from qwenvl_ft.models.tokenizer import QWEN_PATTERN, qwen_vocab_file
+from qwenvl_ft.tiny.builders import builder_for
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 
@@ -33,7 +34,7 @@ def expected_ids(fam, tok, text: str) -> list[int]:
     """Ids of hand-written text: tiktoken on the real Qwen ranks where tiny models use them; a
     stand-in-tokenizer family (no package ships its vocabulary) is tokenized by that stand-in, so
     what is checked there is the rendered text, token for token."""
-    if fam.tiny_tokenizer == "qwen":
+    if builder_for(fam).tokenizer == "qwen":
         return tiktoken_ids(text, fam.special_tokens)
     return tok(text, add_special_tokens=False)["input_ids"]
 

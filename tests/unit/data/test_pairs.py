@@ -12,7 +12,7 @@ from qwenvl_ft.config import DatasetSpec
 from qwenvl_ft.data.pairs import PairCollator, PairSource, check_pair_specs, load_and_encode
 from qwenvl_ft.data.synthetic import draw_grid_shapes
 from qwenvl_ft.models import get_family
-from qwenvl_ft.models.tiny import make_tiny
+from qwenvl_ft.tiny import make_tiny
 
 
 @pytest.fixture(scope="module")

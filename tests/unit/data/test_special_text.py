@@ -16,6 +16,7 @@ from qwenvl_ft.data.conversation import Conversation, Segment, Turn
 from qwenvl_ft.data.encode import IGNORE, encode
 from qwenvl_ft.models import get_family
 from qwenvl_ft.models.processor import VLProcessor
+from qwenvl_ft.tiny.builders import builder_for
 
 
 def processor(real_tokenizer, family: str, special_text: str = "error") -> VLProcessor:
@@ -58,7 +59,9 @@ def test_every_control_token_typed_in_text_is_an_error_at_its_line(real_tokenize
     assert report.ok and len(report.plan) == 1 + 2 * len(tokens)
 
 
-@pytest.mark.parametrize("family", registered(lambda f: f.tiny_tokenizer == "qwen" and not f.thinking))
+@pytest.mark.parametrize(
+    "family", registered(lambda f: builder_for(f).tokenizer == "qwen" and not f.thinking)
+)
 def test_escape_tokenizes_them_as_the_text_they_spell(real_tokenizer, family):
     fam = get_family(family)
     proc = processor(real_tokenizer, family, "escape")

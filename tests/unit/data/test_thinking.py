@@ -44,11 +44,11 @@ THINKING = [f for f in FAMILIES.values() if f.thinking] or [ThinkingDouble()]
 
 
 def tokenizer_for(family):
-    spec = getattr(family, "tiny_tokenizer_spec", None)
-    if family.tiny_tokenizer == "standin" and spec is not None:
-        from qwenvl_ft.models.tokenizer import build_standin_tokenizer
+    from qwenvl_ft.tiny import tiny_tokenizer
+    from qwenvl_ft.tiny.builders import BUILDERS
 
-        return build_standin_tokenizer(spec(), family.chat_template)
+    if family.name in BUILDERS:  # a registered generation: the tokenizer its tiny models get
+        return tiny_tokenizer(family)
     return build_tokenizer(family.special_tokens, family.chat_template)
 
 

@@ -17,8 +17,10 @@ from family_facts import incomplete
 from qwenvl_ft.cli import main
 from qwenvl_ft.config import ConfigError, load_recipe
 from qwenvl_ft.models import FAMILIES, ModelFamily
-from qwenvl_ft.models.capabilities import check_capabilities, check_make_tiny, check_plan
+from qwenvl_ft.models.capabilities import check_capabilities, check_plan
 from qwenvl_ft.models.qwen3_vl import Qwen3VLFamily
+from qwenvl_ft.tiny import check as check_make_tiny
+from qwenvl_ft.tiny.builders import BUILDERS, Qwen3VLTiny
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPE = REPO / "recipes/tiny/qwen3_vl_lora.yaml"
@@ -133,11 +135,15 @@ def test_make_tiny_needs_a_tiny_config_and_a_standin_tokenizer_where_declared(mo
     class NoTiny(ModelFamily):
         name, title = "none", "No tiny"
 
-    with pytest.raises(NotImplementedError, match=r"make-tiny: No tiny \(none\) has no tiny config"):
+    with pytest.raises(NotImplementedError, match=r"make-tiny: No tiny \(none\) has no tiny-model builder"):
         check_make_tiny(NoTiny())
-    monkeypatch.setattr(TrialFamily, "tiny_tokenizer", "standin")
+
+    class StandinWithoutSpec(Qwen3VLTiny):
+        tokenizer = "standin"
+
+    monkeypatch.setitem(BUILDERS, "trial3_5", StandinWithoutSpec)
     monkeypatch.setitem(FAMILIES, "trial3_5", TrialFamily())
     assert main(["make-tiny", "trial3_5", str(tmp_path / "t"), "--small-vocab"]) == 2
     err = capsys.readouterr().err
-    assert "Trial Qwen3.5 (trial3_5) declares tiny_tokenizer='standin' but gives no stand-in tokenizer" in err
+    assert "Trial Qwen3.5 (trial3_5) declares a stand-in tokenizer but gives no spec for it" in err
     assert not (tmp_path / "t").exists()

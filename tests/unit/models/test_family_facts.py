@@ -29,11 +29,11 @@ def test_facts_name_only_registered_families():
 
 def test_facts_agree_with_what_the_family_declares():
     """Facts that mirror a declaration, checked both ways so neither drifts alone."""
-    from qwenvl_ft.models import ModelFamily
+    from qwenvl_ft.tiny.builders import builder_for
 
     for name in registered(lambda f: name_complete(f.name)):
         family, facts = FAMILIES[name], FACTS[name]
-        standin = type(family).standin_vision is not ModelFamily.standin_vision
+        standin = builder_for(family).has_standin_vision()
         assert facts.standin_vision == standin, name
         assert set(facts.published_totals) == set(family.published_sizes.values()), name
         assert facts.e2e_module is None or (E2E / facts.e2e_module).is_file(), name

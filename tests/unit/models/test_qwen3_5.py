@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from qwenvl_ft.models import detect_family, get_family
-from qwenvl_ft.models.tiny import make_tiny
+from qwenvl_ft.tiny import make_tiny
+from qwenvl_ft.tiny.builders import Qwen3_5Tiny
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -258,7 +259,8 @@ def test_moe_router_loss_is_on_in_the_loss_and_logged(tiny, capsys):
     torch.testing.assert_close(out.loss, ce + 0.001 * out.aux_loss)
     # Logged: the trainer's log line carries the mean aux loss of the steps since the last one.
     trainer = VLTrainer.__new__(VLTrainer)
-    trainer._tokens, trainer._last_log, trainer._aux = 0, time.perf_counter(), [out.aux_loss.detach()]
+    trainer._tokens, trainer._last_log = 0, time.perf_counter()
+    trainer._metrics = {"train": {"aux_loss": [out.aux_loss.detach()]}, "eval": {}}
     trainer.args = type("A", (), {"world_size": 1})()
     trainer.data_wait = DataWait()  # what __init__ sets up (nothing timed yet)
     seen = {}
@@ -419,7 +421,7 @@ def test_linear_attention_activations_match_cpu_measurement(capsys):
         linear_num_key_heads=4,
         linear_num_value_heads=12,
         vocab_size=512,
-        rope_parameters=dict(get_family("qwen3_5").tiny_rope, mrope_section=[11, 11, 10]),
+        rope_parameters=dict(Qwen3_5Tiny.rope, mrope_section=[11, 11, 10]),
     )
     torch.manual_seed(0)
     model = Qwen3_5TextModel(config).train()

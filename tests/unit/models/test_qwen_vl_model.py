@@ -261,7 +261,7 @@ def test_make_tiny_overrides_reach_the_config_and_the_processor(tmp_path):
     """A tower built for 112-px images gets a processor that resizes to 112 px, not the published 448."""
     from PIL import Image
 
-    from qwenvl_ft.models.tiny import make_tiny
+    from qwenvl_ft.tiny import make_tiny
 
     fam = get_family("qwen_vl")
     out = tmp_path / "m"

