@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__
+from .. import __version__, noise
 from . import (
     chat_cmd,
     config_cmd,
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as e:
-        if (name := quiet.kept_out(e)) is None:
+        if (name := noise.kept_out(e)) is None:
             raise
         # quiet.needed_libraries missed a use: say so plainly rather than "not installed".
         print(

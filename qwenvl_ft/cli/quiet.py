@@ -40,17 +40,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..noise import (  # noqa: F401  (the means; this module decides, per command)
-    CPU_ONLY,
-    ENVIRONMENT,
-    LOG_RECORDS,
-    OPTIONAL,
-    WARNINGS,
-    _DropKnown,
-    keep_out,
-    kept_out,
-    silence_known_noise,
-)
+from ..noise import OPTIONAL, keep_out, silence_known_noise  # the means; this module decides
 
 VERBOSE_ENV = "QWENVL_FT_VERBOSE"
 

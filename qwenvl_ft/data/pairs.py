@@ -44,7 +44,7 @@ from .clips import load_clip, plan_clip
 from .conversation import Conversation
 from .encode import IGNORE, render, tokenize
 from .images import load_for
-from .plan import PAIR_ROW, PairItem, Plan, row, select  # noqa: F401  (PairItem: where it was)
+from .plan import PAIR_ROW, PairItem, Plan, row  # noqa: F401  (PairItem: where it was)
 from .readers import DataError, detect_format, to_conversation
 from .sources import Source
 

@@ -3,7 +3,7 @@
 Rows live in a numpy structured array (19 bytes a sample), not in Python objects: a 10M-sample mix
 plans in 190 MB, loads from the check's cache memory-mapped, and loader workers read it without
 copy-on-write growth (a list of objects has every page copied by the reference counts a worker
-touches). `item(i)` gives one row as a `PlanItem` / `PairItem` where a person or a test reads it.
+touches). `plan[i]` gives one row as a `PlanItem` / `PairItem` where a person or a test reads it.
 
 `select` maps one epoch's mixed (source, index) order onto plan rows, as uint32 positions (4 bytes a
 sample): the dataset's order. With a JSONL source's 8-byte line offsets (data/index.py), a sample

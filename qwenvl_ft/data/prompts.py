@@ -16,8 +16,8 @@ from .conversation import Conversation
 from .encode import Encoded, Piece, encode, render, tokenize
 
 if TYPE_CHECKING:
+    from ..models.processor import VLProcessor
     from .clips import VideoClip
-    from .processor import VLProcessor
 
 
 def split_reference(conv: Conversation) -> tuple[Conversation, Conversation]:

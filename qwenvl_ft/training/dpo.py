@@ -66,7 +66,7 @@ def run_dpo(run: Run) -> TrainResult:
         log.info("eval pair check:\n" + format_report(eval_report, cfg.data.max_length, limit=10))
     log.info("pair check:\n" + format_report(report, cfg.data.max_length, limit=10))
 
-    frozen = cfg.train.mode == "full" or cfg.dpo.reference  # else the policy with its adapter off
+    frozen = cfg.train.mode == "full" or bool(cfg.dpo.reference)  # else the policy with its adapter off
     policy = build_policy(
         run,
         f"DPO ({cfg.dpo.loss_type}, beta {cfg.dpo.beta})",

@@ -2,8 +2,8 @@
 
 A GRPO sample is an ordinary SFT sample: its last assistant turn is the reference (what the rewards
 compare with) and the turns before it the prompt, split as `qwenvl-ft predict` splits them and
-rendered by `data.prompts` as `infer.Predictor.prompt` renders them, so prompts are exactly the ones inference and evaluation
-use, in every generation's own template (the first-generation Qwen-VL included). The SFT data check
+rendered by `data.prompts` (as `infer.Predictor.prompt` renders them), so prompts are exactly the
+ones inference and evaluation use, in every generation's own template (the first-generation Qwen-VL included). The SFT data check
 runs first (roles, images, boxes on their image, lengths); then, per usable sample:
 
 - with `grounding_iou` among the rewards, the reference must hold at least one box, all on one
@@ -14,7 +14,7 @@ runs first (roles, images, boxes on their image, lengths); then, per usable samp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from torch.utils.data import Dataset
@@ -99,7 +99,7 @@ class PromptRules(SampleRules):
         if n + self.max_new_tokens > self.max_length:
             message = f"prompt {n} tokens + grpo.max_new_tokens {self.max_new_tokens} > max_length {self.max_length}: dropped"
             return Outcome(dropped=Problem(conv.id, message))
-        return Outcome(truncated=out.truncated, row=out.row[:3] + (n,) + out.row[4:])
+        return Outcome(truncated=out.truncated, row=astuple(replace(item, length=n)))
 
 
 def prompt_rules(cfg: RecipeConfig) -> PromptRules:

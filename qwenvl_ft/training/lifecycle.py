@@ -142,7 +142,7 @@ def fit(
         log.info(
             data_wait_summary(wait, cfg.data.num_workers, cfg.data.image_decode, trainer.data_wait.run_wait())
         )
-    skipped = samples.skipped() if samples is not None and hasattr(samples, "skipped") else 0
+    skipped = samples.skipped() if samples is not None else 0
     if skipped:  # each was logged when it failed
         log.warning(f"{skipped} sample(s) failed to load and were skipped (data.on_load_error: skip)")
 

@@ -66,8 +66,8 @@ def _plan(grid: torch.Tensor, pixels: torch.Tensor, copies: int, layout: Layout)
     sizes = unique.prod(-1).tolist()
     if pixels.shape[0] != copies * sum(sizes):
         return None
-    if layout == "blocks":
-        rows = torch.arange(sum(sizes), device=pixels.device)
+    if layout == "blocks":  # the first block: a view, no copy
+        rows = slice(0, sum(sizes))
     else:  # the first copy of each image: its rows start every copies x size rows
         starts = torch.tensor([0, *sizes[:-1]]).cumsum(0) * copies
         rows = torch.cat([torch.arange(s, s + k) for s, k in zip(starts.tolist(), sizes, strict=True)])

@@ -64,7 +64,7 @@ def test_real_warnings_and_log_records_still_print_after_the_filters():
 
 
 def test_a_cpu_only_record_prints_where_a_gpu_is_seen(monkeypatch):
-    drop = quiet._DropKnown([r"Setting accelerator to CPU"], cpu_only=True)
+    drop = noise._DropKnown([r"Setting accelerator to CPU"], cpu_only=True)
     record = logging.LogRecord(
         "DeepSpeed", logging.WARNING, "x.py", 1, "Setting accelerator to CPU.", (), None
     )
@@ -73,24 +73,24 @@ def test_a_cpu_only_record_prints_where_a_gpu_is_seen(monkeypatch):
     monkeypatch.setattr(noise, "_sees_a_gpu", lambda: True)
     assert drop.filter(record) is True
     other = logging.LogRecord("DeepSpeed", logging.WARNING, "x.py", 1, "a real problem", (), None)
-    assert quiet._DropKnown([r"Setting accelerator to CPU"]).filter(other) is True
+    assert noise._DropKnown([r"Setting accelerator to CPU"]).filter(other) is True
 
 
 def test_kept_out_libraries_look_uninstalled_and_are_named_when_imported():
     proc = python(
         """
         import importlib.util
-        from qwenvl_ft.cli import quiet
-        quiet.keep_out({"deepspeed"})
+        from qwenvl_ft import noise
+        noise.keep_out({"deepspeed"})
         assert importlib.util.find_spec("deepspeed") is None  # what availability checks call
         try:
             import deepspeed.comm
         except ModuleNotFoundError as e:
-            print("kept out:", quiet.kept_out(e))
+            print("kept out:", noise.kept_out(e))
         try:
             import no_such_module_here
         except ModuleNotFoundError as e:
-            print("missing:", quiet.kept_out(e))
+            print("missing:", noise.kept_out(e))
         """
     )
     assert proc.stdout.splitlines() == ["kept out: deepspeed", "missing: None"], proc.stderr
