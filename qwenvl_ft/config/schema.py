@@ -274,6 +274,9 @@ class TrainConfig:
     deepspeed: str | None = None
     """Path to a DeepSpeed JSON (configs/deepspeed/); it must leave batch sizes and optimizer to the recipe."""
     fsdp: bool = False
+    sequence_parallel: int = 1
+    """Ranks that share each sample (Ulysses): each holds 1/N of its tokens, activation memory / N;
+    the launch's process count must be a multiple; data parallel = processes / N. 1: off."""
     logging_steps: int = 10
     save_steps: int = 500
     eval_steps: int | None = None
@@ -285,6 +288,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         require_positive("train", self, "learning_rate", "vision_lr", "merger_lr")
+        if self.sequence_parallel < 1:
+            raise ConfigError(
+                f"train.sequence_parallel must be 1 (off) or more, got {self.sequence_parallel}"
+            )
         if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError(
                 "'train.per_device_batch_size' and 'train.gradient_accumulation_steps' must be >= 1"

@@ -269,6 +269,11 @@ class ModelFamily:
     router_aux_loss: ClassVar[bool] = False
     """Sparse-expert decoders whose router load-balancing loss is switched on for training
     (`output_router_logits`): the model returns `aux_loss`, which the trainer adds and logs."""
+    sequence_parallel: ClassVar[bool] = True
+    """`train.sequence_parallel` can spread one sample over several ranks (models/ulysses.py): the
+    language model is called with merged `inputs_embeds` (`paths.after_vision`), its attention goes
+    through transformers' attention interface and the vision tower takes `grid_thw`."""
+    no_sequence_parallel_reason: ClassVar[str] = ""
     plans_layers: ClassVar[bool] = True
     """The memory planner can describe this generation's layers (`shapes`)."""
     gptq_blocks: ClassVar[str | None] = None

@@ -26,6 +26,7 @@ from ..models import resolve_family
 from ..models.base import ModelFamily
 from ..models.capabilities import check_capabilities
 from ..runs import checkpoint_meta, describe, metadata
+from . import sequence_parallel
 from .data_wait import summary as data_wait_summary
 from .modules import trainable_table
 from .outputs import DescribeCheckpoints, plot_loss, plot_series, prepare_output_dir
@@ -60,6 +61,8 @@ class Policy:
     is_base: bool
     meta: dict
     """The run's qwenvl_ft.json, written into every checkpoint and the output."""
+    sp: sequence_parallel.SPGroup | None = None
+    """This rank's sequence-parallel group (`train.sequence_parallel`), None when off."""
 
 
 def is_main_process() -> bool:
@@ -71,6 +74,7 @@ def start(cfg: RecipeConfig) -> Run:
     family = resolve_family(cfg.model.path, cfg.model.family)
     check_capabilities(family, cfg)  # what the recipe needs, the family declares: refused here, by name
     check_compatible(cfg, checkpoint_meta(cfg.model.path))
+    sequence_parallel.check(cfg, family, int(os.environ.get("WORLD_SIZE", "1")))
     out, resume = prepare_output_dir(cfg)
     processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
     processor.video_config = cfg.data.video
@@ -89,7 +93,9 @@ def build_policy(run: Run, what: str, reference: str | None = None) -> Policy:
     cfg, family = run.cfg, run.family
     is_base = resolve_is_base(cfg)
     set_seed(cfg.train.seed)  # LoRA and new weights initialise from train.seed, not from whatever ran before
-    model = adapt(load_model(cfg, family), cfg, family, is_base)
+    model = load_model(cfg, family)
+    sp = sequence_parallel.setup(cfg, family, model)  # on the base model's modules, before adapters
+    model = adapt(model, cfg, family, is_base)
     if cfg.model.dtype != "fp32" and not cfg.train.deepspeed:
         upcast_trainable(model)  # DeepSpeed keeps its own fp32 master weights
     log.info(
@@ -98,7 +104,7 @@ def build_policy(run: Run, what: str, reference: str | None = None) -> Policy:
         + ", trainable parameters:\n"
         + trainable_table(model, family.paths)
     )
-    return Policy(model, is_base, metadata(cfg, family.name, is_base))
+    return Policy(model, is_base, metadata(cfg, family.name, is_base), sp)
 
 
 def frozen_copy(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
@@ -117,6 +123,7 @@ def trainer_kwargs(run: Run, policy: Policy, media_kinds: frozenset[str], **extr
         vision_lr=cfg.train.vision_lr,
         merger_lr=cfg.train.merger_lr,
         media_kinds=media_kinds,
+        sequence_parallel=policy.sp,
         callbacks=[DescribeCheckpoints(policy.meta, cfg, run.processor)],
         **extra,
     )

@@ -64,16 +64,19 @@ def causal_lm_loss_from_hidden(
     num_items_in_batch: torch.Tensor | int | None = None,
     chunk_size: int = 1024,
     impl: Impl = "chunked",
+    shifted: bool = False,
 ) -> torch.Tensor:
     """transformers' `ForCausalLMLoss` on lm_head(hidden_states), without the (B, L, V) logits.
 
     hidden_states: (B, L, H) final-norm outputs; labels: (B, L), -100 = ignore. The loss is divided
     by `num_items_in_batch` when given (the Trainer's token count over gradient accumulation),
     else averaged over the supervised tokens; with none, it is a zero that still has a gradient.
+    `shifted`: labels[t] is already the target of position t (a sequence-parallel shard's labels,
+    shifted on the whole sample before it was split).
     """
     labels = labels.to(hidden_states.device)
     # The logit at position t predicts labels[t + 1]; the last position predicts nothing.
-    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    shifted = labels if shifted else F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     keep = shifted != IGNORE_INDEX
     loss = linear_cross_entropy(
         hidden_states[keep], weight, shifted[keep], bias, chunk_size=chunk_size, impl=impl
@@ -190,7 +193,11 @@ def _liger_linear_cross_entropy(
 
 @contextmanager
 def loss_in_head(
-    head: torch.nn.Module, labels: torch.Tensor, num_items_in_batch=None, impl: Impl = "chunked"
+    head: torch.nn.Module,
+    labels: torch.Tensor,
+    num_items_in_batch=None,
+    impl: Impl = "chunked",
+    shifted: bool = False,
 ):
     """Within the block, the model's lm_head returns the loss (shaped (1, 1, 1)) in place of logits.
 
@@ -208,7 +215,7 @@ def loss_in_head(
     def fused(linear: torch.nn.Linear):
         def forward(hidden: torch.Tensor) -> torch.Tensor:
             loss = causal_lm_loss_from_hidden(
-                hidden, linear.weight, labels, linear.bias, num_items_in_batch, impl=impl
+                hidden, linear.weight, labels, linear.bias, num_items_in_batch, impl=impl, shifted=shifted
             )
             return loss.view(1, 1, 1)
 

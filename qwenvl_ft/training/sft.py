@@ -84,6 +84,7 @@ METHOD = Method(
         "data.thinking",
         "train.loss",
         "train.liger",
+        "train.sequence_parallel",
         "eval.*",
     ),
     summary="supervised answers",

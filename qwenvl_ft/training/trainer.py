@@ -14,7 +14,8 @@
   log line carries `data_wait`, the share of step time spent waiting for the loader (data_wait.py);
 - one metrics buffer for what a method's loss measures (`record`; TRL's `_metrics[mode]`): each log
   line carries the means since the last one, of training or of an evaluation;
-- `prepare_reference`: a frozen reference model placed like the policy (DPO, GRPO).
+- `prepare_reference`: a frozen reference model placed like the policy (DPO, GRPO);
+- with `train.sequence_parallel`, the loss of this rank's shard of every sample (sequence_parallel.py).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import torch
 from transformers import Trainer
 
 from ..models.base import ModelFamily
+from ..models.ulysses import SPGroup
 from .data_wait import DataWait
 from .keepalive import VisionKeepalive
 from .loss import loss_in_head
 from .modules import param_groups
 from .samplers import EpochOrder
+from .sequence_parallel import group_loaders, shard_labels, token_loss_sum
 from .task_eval import TaskEval
 
 
@@ -46,9 +49,13 @@ class VLTrainer(Trainer):
         loss: str = "standard",
         task_eval: TaskEval | None = None,
         media_kinds: int = 1,
+        sequence_parallel: SPGroup | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.sp = sequence_parallel
+        if self.sp is not None:  # the N ranks of a group read the same batches
+            group_loaders(self.accelerator, self.sp)
         self.media_kinds = max(1, media_kinds)
         """Vision-tower calls per step on every rank: 2 when the data has both images and videos."""
         self.family, self.group_by_length, self.loss_impl = family, group_by_length, loss
@@ -92,12 +99,15 @@ class VLTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # A tensor: no device sync on every step. Packed rows have no padding to leave out.
         mask = inputs.get("attention_mask")
-        self._tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
+        tokens = mask.sum() if mask is not None else inputs["input_ids"].numel()
+        self._tokens += tokens / self.sp.size if self.sp is not None else tokens  # a group shares its batch
         # Evaluation too: its forwards gather parameters the same way.
         self.keepalive.expect(
             self.media_kinds - ("pixel_values" in inputs) - ("pixel_values_videos" in inputs)
         )
-        if self.loss_impl == "standard" or "labels" not in inputs:
+        if self.sp is not None and "labels" in inputs:
+            loss, outputs = self._shard_loss(model, inputs, num_items_in_batch)
+        elif self.loss_impl == "standard" or "labels" not in inputs:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
@@ -124,6 +134,37 @@ class VLTrainer(Trainer):
             loss = loss + base.config.get_text_config().router_aux_loss_coef * outputs.aux_loss
         if self.args.average_tokens_across_devices and count is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages it back
+        return loss, outputs
+
+    def _shard_loss(self, model, inputs, num_items_in_batch):
+        """The loss of this rank's shard of the batch, scaled so that the engine's average over all
+        ranks gives one process's gradient (sequence_parallel.py).
+
+        Normalised like the other paths (the Trainer's count over gradient accumulation, which
+        counts each group's batch N times when averaged across devices, or this batch's count), and
+        times N: a group's N partial gradients add up to the batch's. The router balance loss is
+        already the group's (models/ulysses.py): each rank adds it whole, and the gradients through
+        its summed statistics add up N times, which the averaged count's scale undoes.
+        """
+        inputs = dict(inputs)
+        targets, total = shard_labels(inputs.pop("labels"), self.sp)
+        trainer_count = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        count = num_items_in_batch if trainer_count else total
+        base = self._base_model(model)
+        if self.loss_impl == "standard":
+            outputs = model(**inputs)
+            loss = token_loss_sum(outputs.logits, targets) / count
+        else:
+            with loss_in_head(base.get_output_embeddings(), targets, count, self.loss_impl, shifted=True):
+                outputs = model(**inputs)
+            loss = outputs.logits.reshape(())
+        loss = loss * self.sp.size
+        averaged = self.args.average_tokens_across_devices and trainer_count
+        if getattr(outputs, "aux_loss", None) is not None:
+            coef = base.config.get_text_config().router_aux_loss_coef
+            loss = loss + coef * outputs.aux_loss / (self.sp.size if averaged else 1)
+        if averaged:
+            loss = loss * self.accelerator.num_processes
         return loss, outputs
 
     def evaluate(

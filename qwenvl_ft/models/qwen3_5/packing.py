@@ -133,7 +133,11 @@ class SampleBoundaries:
 
     packing_kernels: Kernels
 
-    def forward(self, hidden_states, cache=None, attention_mask=None, sample_index=None, **kwargs):
+    def forward(
+        self, hidden_states, cache=None, attention_mask=None, sample_index=None, sp_batch=None, **kwargs
+    ):
+        if sp_batch is not None:  # a sequence-parallel shard (models/ulysses.py)
+            return _sharded_forward(self, hidden_states, sp_batch)
         if sample_index is None:
             return super().forward(hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
         if cache is not None:
@@ -180,10 +184,65 @@ def _packed_forward(layer, hidden_states: torch.Tensor, attention_mask, starts: 
     return layer.out_proj(out.reshape(rows, length, -1))
 
 
-def _conv(layer, mixed: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal conv + activation of (rows, tokens, channels), restarting at each segment."""
+@force_accelerate_hooks("conv1d")
+def _sharded_forward(layer, hidden_states: torch.Tensor, batch) -> torch.Tensor:
+    """The packed forward of one sequence-parallel shard, sharded by heads in between.
+
+    Projections run on this rank's tokens; one all-to-all trades them for every token of 1/N of
+    the heads (q/k heads and their value heads, which `repeat_interleave` pairs contiguously), on
+    which the conv and the delta rule run over the whole sample, restarting at every segment; the
+    output goes back to this rank's tokens for the gated norm and the out projection.
+    """
+    from ..ulysses import all_to_all
+
+    sp = batch.sp
+    n, r = sp.size, sp.rank
+    rows, local, _ = hidden_states.shape
+    if batch.masked and rows > 1:  # the stock apply_mask_to_padding_states, on this shard
+        hidden_states = (hidden_states * batch.local_valid()[:, :, None]).to(hidden_states.dtype)
+    q, k, v = torch.split(
+        layer.in_proj_qkv(hidden_states), [layer.key_dim, layer.key_dim, layer.value_dim], -1
+    )
+    z = layer.in_proj_z(hidden_states).reshape(rows, local, -1, layer.head_v_dim)
+    parts = [
+        t.reshape(rows, local, n, -1)
+        for t in (q, k, v, layer.in_proj_b(hidden_states), layer.in_proj_a(hidden_states))
+    ]
+    widths = [t.shape[-1] for t in parts]
+    mine = all_to_all(torch.cat(parts, -1), sp, scatter=2, gather=1).squeeze(2)  # (rows, S, widths)
+    q, k, v, b, a = torch.split(mine, widths, -1)
+    kd, vd, hv = layer.key_dim // n, layer.value_dim // n, layer.num_v_heads // n
+    channels = torch.cat(
+        [
+            torch.arange(r * kd, (r + 1) * kd),
+            layer.key_dim + torch.arange(r * kd, (r + 1) * kd),
+            2 * layer.key_dim + torch.arange(r * vd, (r + 1) * vd),
+        ]
+    ).to(hidden_states.device)
+    bias = layer.conv1d.bias[channels] if layer.conv1d.bias is not None else None
+    starts = batch.starts()
+    mixed = _conv(layer, torch.cat([q, k, v], -1), starts.cumsum(0) - 1, layer.conv1d.weight[channels], bias)
+    q, k, v = torch.split(mixed, [kd, kd, vd], -1)
+    length = q.shape[1]
+    q = q.reshape(rows, length, -1, layer.head_k_dim)
+    k = k.reshape(rows, length, -1, layer.head_k_dim)
+    v = v.reshape(rows, length, -1, layer.head_v_dim)
+    heads = slice(r * hv, (r + 1) * hv)
+    g = -layer.A_log[heads].float().exp() * F.softplus(a.float() + layer.dt_bias[heads])
+    cu_seqlens = F.pad(starts.nonzero().flatten(), (0, 1), value=starts.numel())
+    out = _delta_rule(layer, (q, k, v, g, b.sigmoid()), cu_seqlens)  # (rows, S, hv, dim)
+    out = all_to_all(out.contiguous(), sp, scatter=1, gather=2)  # (rows, S/N, heads, dim)
+    out = layer.norm(out.reshape(-1, layer.head_v_dim), z.reshape(-1, layer.head_v_dim))
+    return layer.out_proj(out.reshape(rows, local, -1))
+
+
+def _conv(layer, mixed: torch.Tensor, segment: torch.Tensor, weight=None, bias=None) -> torch.Tensor:
+    """Depthwise causal conv + activation of (rows, tokens, channels), restarting at each segment;
+    `weight`/`bias`: a slice of the layer's channels (default: all of them)."""
     rows, length, channels = mixed.shape
-    weight = layer.conv1d.weight.squeeze(1)  # (channels, width)
+    if weight is None:
+        weight, bias = layer.conv1d.weight, layer.conv1d.bias
+    weight = weight.squeeze(1)  # (channels, width)
     width = weight.shape[-1]
     x = mixed.reshape(1, rows * length, channels)
     kernels = layer.packing_kernels
@@ -192,7 +251,7 @@ def _conv(layer, mixed: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
         out = kernels.conv(
             x.transpose(1, 2),
             weight,
-            layer.conv1d.bias,
+            bias,
             seq_idx=segment.to(torch.int32)[None],
             activation=layer.activation,
         )
@@ -200,9 +259,7 @@ def _conv(layer, mixed: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
     # width-1 zeros before every segment: each token lands `width-1` further per segment before it.
     where = torch.arange(x.shape[1], device=x.device) + (width - 1) * (segment + 1)
     gapped = x.new_zeros(1, int(where[-1]) + 1, channels).index_copy(1, where, x)
-    out = F.conv1d(
-        gapped.transpose(1, 2).to(weight.dtype), weight.unsqueeze(1), layer.conv1d.bias, groups=channels
-    )
+    out = F.conv1d(gapped.transpose(1, 2).to(weight.dtype), weight.unsqueeze(1), bias, groups=channels)
     out = out[:, :, where - (width - 1)]  # valid conv: output j ends at input j + width - 1
     if layer.activation is not None:
         out = ACT2FN[layer.activation](out)

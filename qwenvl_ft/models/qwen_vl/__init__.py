@@ -42,6 +42,11 @@ class QwenVLFamily(ModelFamily):
     model_types = ("qwen",)
     processor_class = "QwenVLProcessor"
     special_tokens = SPECIAL_TOKENS_QWEN_VL
+    sequence_parallel = False
+    no_sequence_parallel_reason = (
+        "has no sequence parallelism: its blocks call their own attention (not transformers' "
+        "interface) and its 448 px images take 256 tokens each, so its 2048-token samples fit one GPU"
+    )
     paths = ModulePaths(
         vision="transformer.visual",
         # The original full fine-tuning freezes the ViT but trains the resampler (attn_pool).
