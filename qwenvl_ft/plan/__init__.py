@@ -42,6 +42,7 @@ from .estimate import GIB, Plan, Term, estimate
 from .levers import Lever, levers
 from .model import ModelFacts, load_facts, match_published
 from .report import format_plan
+from .sequence import smallest_fit
 from .setup import Setup, setup_from_recipe
 
 # Total memory as nvidia-smi reports it (MiB).
@@ -73,6 +74,8 @@ class PlanReport:
     gpu: str | None = None
     capacity_gib: float | None = None
     levers: list[Lever] = field(default_factory=list)
+    sequence_fit: tuple[int, float] | None = None
+    """When it does not fit: the smallest train.sequence_parallel N that does, and its total."""
 
     @property
     def fits(self) -> bool | None:
@@ -104,6 +107,8 @@ def plan_recipe(
         report.gpu, report.capacity_gib = f"{gpu_memory:g} GiB", float(gpu_memory)
     if report.fits is False:
         report.levers = levers(cfg, facts, plan)
+        if facts.family.sequence_parallel:
+            report.sequence_fit = smallest_fit(facts, setup, report.capacity_gib, estimate)
     return report
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from .activations import Precision, decoder_extra, loss_bytes, merger_bytes, stack_bytes
 from .model import Linear, ModelFacts, image_budget
+from .sequence import buffer_bytes, local_tokens
 from .setup import Setup
 
 GIB = 2**30
@@ -197,7 +198,7 @@ def text_activations(facts: ModelFacts, s: Setup, p: Precision) -> tuple[float, 
     if s.liger:
         b = replace(b, rms_norm=False)  # Liger's RMSNorm keeps its 16-bit input, no fp32 copy
     trainable = s.mode == "full" and "language" in trainable_parts(s)
-    tokens = s.seq * s.batch
+    tokens = local_tokens(s)  # sequence parallel: this rank's 1/sp of the tokens (attention sees all)
     # SDPA gets a mask with padding (batch > 1) or packing, and then repeats k and v to every head.
     repeated = s.attn != "flash_attention_2" and (s.batch > 1 or s.packing or s.attn == "eager")
     lin = facts.shapes.linear  # hybrid decoders: full and linear-attention blocks hold different adapters
@@ -217,7 +218,8 @@ def text_activations(facts: ModelFacts, s: Setup, p: Precision) -> tuple[float, 
         seq=s.seq,
     ) + decoder_extra(b, tokens, p, trainable)
     how = "layer inputs + one recomputed layer" if s.gradient_checkpointing else "every layer"
-    return total, f"{s.batch} x {s.seq} tokens, {how}"
+    shard = f", 1/{s.sp} of them on this rank" if s.sp > 1 else ""
+    return total, f"{s.batch} x {s.seq} tokens{shard}, {how}"
 
 
 def vision_patches(facts: ModelFacts, s: Setup) -> tuple[int, str]:
@@ -227,10 +229,13 @@ def vision_patches(facts: ModelFacts, s: Setup) -> tuple[int, str]:
     family = facts.family
     tokens, patches = image_budget(family, s.max_pixels, s.min_pixels)
     images = min(s.images, s.seq // tokens)
+    spread = f", frames spread over {s.sp} ranks" if s.sp > 1 else ""
     if images == 0:  # one image at max_pixels alone overflows a row: the largest that fits
         merge = patches // tokens
-        return s.batch * s.seq * merge, f"one image of {s.seq} tokens (max_pixels would give {tokens})"
-    return s.batch * images * patches, f"{images} image(s) x {tokens} tokens ({patches} patches) per row"
+        note = f"one image of {s.seq} tokens (max_pixels would give {tokens}){spread}"
+        return -(-s.batch * s.seq * merge // s.sp), note
+    note = f"{images} image(s) x {tokens} tokens ({patches} patches) per row{spread}"
+    return -(-s.batch * images * patches // s.sp), note
 
 
 def vision_activations(facts: ModelFacts, s: Setup, p: Precision) -> tuple[float, str]:
@@ -268,7 +273,7 @@ def vision_activations(facts: ModelFacts, s: Setup, p: Precision) -> tuple[float
         adapters=adapters,
         r=s.lora_r,
         dropout=s.lora_dropout,
-        seq=patches // max(1, s.batch * s.images),
+        seq=patches * s.sp // max(1, s.batch * s.images),  # one image's patches
     )
     total += merger_bytes(sh.merger_width, patches, p, merger, sh.mergers)
     if trainable:
@@ -287,13 +292,17 @@ def estimate(facts: ModelFacts, s: Setup, notes: list[str] | None = None) -> Pla
         s.modules_to_save
     )
     kind = "chunked" if s.liger else s.loss
-    loss = loss_bytes(kind, s.seq * s.batch, facts.shapes.vocab, facts.shapes.text.width, p, head)
+    loss = loss_bytes(kind, local_tokens(s), facts.shapes.vocab, facts.shapes.text.width, p, head)
     terms += dequantized_terms(facts, s)
     terms += [
         Term("activations: language model", text / GIB, "fwd", text_note),
         Term("activations: vision tower", vision / GIB, "fwd", vision_note),
         Term(f"logits + loss ({kind})", loss / GIB, "fwd", _loss_note(kind)),
     ]
+    if s.sp > 1:
+        where = "one recomputed layer" if s.gradient_checkpointing else "every layer"
+        note = f"head-sharded q, k, v and outputs around each all-to-all ({where})"
+        terms.append(Term("sequence-parallel buffers", buffer_bytes(facts, s, p) / GIB, "fwd", note))
     plan = Plan(s, terms, {**counts, "total": sum(facts.by_part.values()), **facts.by_part}, notes or [])
     body = sum(t.gib for t in terms if t.phase == "static") + plan.dynamic_gib
     plan.terms += [

@@ -30,13 +30,25 @@ def _context(r: PlanReport) -> list[str]:
     if s.engine.stage:
         engine += f" ({shard[s.engine.stage]} divided by {s.nproc} rank(s): --nproc {s.nproc})"
     rows = "packed rows" if s.packing else "samples"
-    return [
+    lines = [
         f"model    {f.family.title}, {f.origin}",
         f"params   {_count(p.params['total'])}: {parts}",
         f"train    {trained}; {s.dtype}; {engine}",
         f"batch    {s.batch} x {s.seq}-token {rows}; gradient checkpointing "
         f"{'on' if s.gradient_checkpointing else 'off'}; {s.attn} attention",
     ]
+    if s.sp > 1:
+        from .estimate import precision
+        from .sequence import traffic
+
+        t = traffic(f, s, precision(s))
+        linear = f", {t.linear_layer / 2**20:.1f} MiB a linear-attention layer" if t.linear_layer else ""
+        lines.append(
+            f"sequence {s.sp} ranks a sample ({s.seq // s.sp} tokens each; data parallel {s.nproc // s.sp}); "
+            f"all-to-all sends {t.attention_layer / 2**20:.1f} MiB a rank per attention layer{linear} "
+            f"in forward, {t.step / 2**30:.2f} GiB a micro-batch in all"
+        )
+    return lines
 
 
 def format_plan(r: PlanReport) -> str:
@@ -68,4 +80,10 @@ def format_plan(r: PlanReport) -> str:
         for lever in r.levers:
             verdict = "fits" if lever.total_gib <= r.capacity_gib else "still over"
             lines.append(f"  - {lever.change}: {lever.total_gib:.1f} GiB ({verdict})")
+    if r.sequence_fit:
+        n, total = r.sequence_fit
+        lines.append(
+            f"sequence parallelism: train.sequence_parallel: {n} is the smallest that fits ({total:.1f} GiB "
+            f"per rank; --nproc a multiple of {n})"
+        )
     return "\n".join(lines)

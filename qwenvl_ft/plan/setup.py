@@ -80,6 +80,8 @@ class Setup:
     modules_to_save: tuple[str, ...]
     quant_type: str
     double_quant: bool
+    sp: int = 1
+    """Ranks sharing each sample (train.sequence_parallel): each holds seq / sp of its tokens."""
 
     @property
     def mixed(self) -> bool:
@@ -106,6 +108,12 @@ def setup_from_recipe(
     seq = (d.pack_length or d.max_length) if d.packing else d.max_length
     samples_per_row = max(1, seq // d.max_length) if d.packing else 1
     t = cfg.train
+    if nproc % t.sequence_parallel:
+        raised = -(-nproc // t.sequence_parallel) * t.sequence_parallel
+        notes.append(
+            f"--nproc {nproc} raised to {raised}: train.sequence_parallel {t.sequence_parallel} needs a multiple"
+        )
+        nproc = raised
     setup = Setup(
         mode=t.mode,
         dtype=cfg.model.dtype,
@@ -130,5 +138,6 @@ def setup_from_recipe(
         modules_to_save=tuple(modules_to_save(cfg, family, is_base)) if t.mode != "full" else (),
         quant_type=cfg.quant.quant_type,
         double_quant=cfg.quant.double_quant,
+        sp=t.sequence_parallel,
     )
     return setup, notes

@@ -1,26 +1,29 @@
 """One rank of the sequence-parallel equality check (run by test_sequence_parallel.py under torchrun).
 
-    torchrun --nproc_per_node N sp_worker.py OUT.json WORK_DIR [--wrong] name=tiny_model_dir ...
+    torchrun --nproc_per_node N sp_worker.py OUT.json WORK_DIR [--wrong=name] name=tiny_model_dir ...
 
 For each family: a padded batch of an image sample, a video sample (where the generation takes
-video) and a text-only sample, and one packed row of all of them, both of lengths that N does not
-divide. The reference is the plain model on this process alone, with transformers' own loss (and
+video) and a text-only sample, one padding column longer where N divides its length (so the model
+pads it on), and one packed row of all of them. The reference is the plain model on this process alone, with transformers' own loss (and
 the packing isolation one-process training installs); the sharded copy computes each rank's loss as
 training does (N x the shard's summed token loss / the batch's count, plus the router balance), its
 gradients averaged over the ranks as DDP averages them. Rank 0 writes the largest differences.
-`--wrong`: the shard's embeddings are the next rank's (features shifted by one shard).
+`--wrong=name`: also that family with each shard's embeddings taken from the next rank (features
+shifted by one shard), as "name/wrong-padded" and "name/wrong-packed".
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from PIL import Image
+from transformers import AutoConfig
 
 from qwenvl_ft.data.collate import PaddingCollator
 from qwenvl_ft.data.conversation import Conversation, Segment, Turn
@@ -164,8 +167,8 @@ def shift_embeddings_by_one_shard(language, sp):
 
 def main() -> None:
     out_file, work = Path(sys.argv[1]), Path(sys.argv[2])
-    wrong = "--wrong" in sys.argv
-    specs = [a for a in sys.argv[3:] if "=" in a]
+    wrong = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--wrong=")), None)
+    specs = [a for a in sys.argv[3:] if "=" in a and not a.startswith("--")]
     dist.init_process_group("gloo")
     sp = new_group(dist.get_world_size())
     torch.manual_seed(0)
@@ -177,19 +180,22 @@ def main() -> None:
         reference = family.load_model(path, dtype=torch.float32, attn_implementation="sdpa").train()
         if hasattr(reference.config.get_text_config(), "num_experts"):  # the router balance joins the loss
             reference.config.get_text_config().output_router_logits = True
+        if os.environ.get("SP_WORKER_CHECKPOINTING"):
+            reference.gradient_checkpointing_enable({"use_reentrant": False})
         model = copy.deepcopy(reference)
+        shifted = copy.deepcopy(reference) if wrong == name else None
         if family.packing_isolation != "positions":
             family.isolate_packed_samples(reference)
         install(model, family, sp)
-        if wrong:
-            shift_embeddings_by_one_shard(model.get_submodule(family.paths.after_vision), sp)
-        from transformers import AutoConfig
-
+        if shifted is not None:
+            install(shifted, family, sp)
+            shift_embeddings_by_one_shard(shifted.get_submodule(family.paths.after_vision), sp)
         encs = samples(family, processor, work)
-        for kind, batch in batches(
-            family, AutoConfig.from_pretrained(path), encs, processor.tokenizer.pad_token_id
-        ).items():
+        pad = processor.tokenizer.pad_token_id
+        for kind, batch in batches(family, AutoConfig.from_pretrained(path), encs, pad).items():
             results[f"{name}/{kind}"] = compare(reference, model, batch, sp)
+            if shifted is not None:
+                results[f"{name}/wrong-{kind}"] = compare(reference, shifted, batch, sp)
     if dist.get_rank() == 0:
         out_file.write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()

@@ -61,6 +61,7 @@ def test_what_each_method_refuses():
             "train.loss",
             "eval.generate",
             "grpo.beta",
+            "train.sequence_parallel",  # its sequence log-probabilities run on whole samples
         ],
         "grpo": [
             "data.packing",
@@ -69,6 +70,7 @@ def test_what_each_method_refuses():
             "data.supervise",
             "train.liger",
             "dpo.beta",
+            "train.sequence_parallel",  # generation runs on whole samples
         ],
     }
     for name, keys in refused.items():
