@@ -7,6 +7,7 @@
   transformers' own loss. Qwen3.5 dense and MoE run their Gated DeltaNet layers sharded by heads,
   and the MoE generations their router balance loss over the group.
 - A deliberately wrong sharding (each rank's embeddings taken from the next shard) must fail them.
+- 4 processes on one generation whose key/value heads are fewer than 4 (repeated per query head).
 - Training through the CLI under torchrun against one process, for the same global batch:
   20 optimizer steps' losses within 1e-4, the saved weights / adapter equal (up to what Adam makes
   of roundoff, below), loaded by a fresh Predictor to the same greedy answer. Qwen3.5-MoE full fine-tuning with packing and gradient
@@ -33,28 +34,20 @@ WRONG = "qwen2_5_vl"
 SP_FAMILIES = [name for name in registered() if get_family(name).sequence_parallel]
 
 
-@pytest.fixture(scope="module")
-def equality(tiny_model, tmp_path_factory) -> dict:
-    """The worker's differences per "family/batch", from one 2-process run over every family."""
-    work = tmp_path_factory.mktemp("sp-equality")
-    out = work / "out.json"
-    specs = [f"{name}={tiny_model(name)}" for name in SP_FAMILIES]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(__file__).with_name("sp_worker.py")),
-        str(out),
-        str(work),
-        f"--wrong={WRONG}",
-        *specs,
-    ]
+def run_worker(work: Path, nproc: int, *args: str) -> dict:
+    out = work / f"out-{nproc}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd += [str(Path(__file__).with_name("sp_worker.py")), str(out), str(work), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def equality(tiny_model, tmp_path_factory) -> dict:
+    """The worker's differences per "family/batch", from one 2-process run over every family."""
+    specs = [f"{name}={tiny_model(name)}" for name in SP_FAMILIES]
+    return run_worker(tmp_path_factory.mktemp("sp-equality"), 2, f"--wrong={WRONG}", *specs)
 
 
 @pytest.mark.parametrize("kind", ["padded", "packed"])
@@ -75,6 +68,29 @@ def test_loss_and_every_gradient_equal_one_process(equality, name, kind):
 def test_a_wrong_sharding_fails_the_equality(equality, kind):
     r = equality[f"{WRONG}/wrong-{kind}"]
     assert r["loss_diff"] > 1e-3 and r["grad_diff"] > 1e-3, r
+
+
+def test_four_ranks_with_key_value_heads_repeated(tiny_model, tmp_path):
+    """N = 4 on the first generation whose tiny model has fewer key/value heads than 4 (they are
+    repeated per query head before the all-to-all), padded by up to 3 tokens."""
+    from transformers import AutoConfig
+
+    from qwenvl_ft.models.ulysses import check_heads
+
+    def fits(name: str) -> bool:
+        config = AutoConfig.from_pretrained(tiny_model(name))
+        try:
+            check_heads(config, 4)
+        except ValueError:
+            return False
+        return config.get_text_config().num_key_value_heads % 4 != 0
+
+    name = next(n for n in SP_FAMILIES if fits(n))
+    results = run_worker(tmp_path, 4, f"{name}={tiny_model(name)}")
+    for kind in ("padded", "packed"):
+        r = results[f"{name}/{kind}"]
+        assert r["missing"] == [] and r["loss_diff"] < 1e-5 and r["grad_diff"] < 1e-5, (kind, r)
+    assert any(results[f"{name}/{k}"]["length"] % 4 for k in ("padded", "packed"))
 
 
 def _train(launch_train, tmp: Path, nproc: int, recipe: str, *overrides: str) -> Path:
