@@ -167,6 +167,8 @@ class SPBatch:
     """(rows, S) per-sample text positions, for flash-attention's packed (varlen) path."""
     length: int
     """The sample's own length, before the tokens padded on for divisibility."""
+    core: str = "sdpa"
+    """The attention implementation that runs on each head shard (the model's own: sdpa, eager, flash)."""
 
     @property
     def shard(self) -> slice:
@@ -243,7 +245,7 @@ def _shard_inputs(module: nn.Module, args: tuple, kwargs: dict):
         extra = torch.arange(1, pad + 1, device=positions.device)
         positions = torch.cat([positions, positions[..., -1:] + extra], -1)
         text = torch.cat([text, torch.arange(pad, device=text.device).expand(rows, -1)], -1)
-    batch = SPBatch(sp, segments, valid, mask is not None, text, length)
+    batch = SPBatch(sp, segments, valid, mask is not None, text, length, module._sp_core_attention)
     shard = batch.shard
     kwargs["inputs_embeds"] = embeds[:, shard]
     kwargs["position_ids"] = positions[..., shard]
@@ -277,7 +279,7 @@ def ulysses_attention(module, query, key, value, attention_mask, scaling=None, d
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
     q, k, v = (all_to_all(t, sp, scatter=1, gather=2) for t in (query, key, value))
-    core = module.config._sp_core_attention
+    core = batch.core
     if core.startswith("flash"):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -496,10 +498,10 @@ def install(model: nn.Module, family, sp: SPGroup) -> None:
     ALL_ATTENTION_FUNCTIONS.register(ATTENTION, ulysses_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, _no_mask)
     text = model.config.get_text_config()
-    if text._attn_implementation != ATTENTION:
-        text._sp_core_attention = text._attn_implementation or "sdpa"
-        text._attn_implementation = ATTENTION
     language = model.get_submodule(family.paths.after_vision)
+    if text._attn_implementation != ATTENTION:
+        language._sp_core_attention = text._attn_implementation or "sdpa"
+        text._attn_implementation = ATTENTION
     language._sp_group = sp
     language.register_forward_pre_hook(_shard_inputs, with_kwargs=True)
     model.register_forward_hook(_forget_batch)

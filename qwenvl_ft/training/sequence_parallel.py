@@ -39,6 +39,11 @@ def check(cfg: RecipeConfig, family: ModelFamily, world_size: int) -> None:
         raise ConfigError(f"{where}: {family.title} ({family.name}) {family.no_sequence_parallel_reason}")
     if cfg.train.fsdp:
         raise ConfigError(f"{where} runs with DDP or DeepSpeed ZeRO-2/3; set train.fsdp: false")
+    if cfg.eval.generate:
+        raise ConfigError(
+            f"{where}: eval.generate decodes with a KV cache, which runs on whole samples; set "
+            "eval.generate: false and evaluate the saved run with qwenvl-ft eval"
+        )
     if cfg.train.liger:
         raise ConfigError(f"{where} is not built with Liger's kernels; set train.liger: false")
     if world_size % n:

@@ -55,25 +55,64 @@ def lora_run(model_dir: Path, out: Path, family: str, variant: str) -> Path:
     return out
 
 
-# Runs in a fresh interpreter: transformers alone must load the merged directory.
+# Runs in its own interpreter that never imports qwenvl_ft: transformers alone must load each merged
+# directory. One interpreter serves every case of the module (a request a line: the paths), so the
+# ~5 s of starting Python and importing torch and transformers is paid once, not per case.
 RELOAD = textwrap.dedent("""
-    import json, sys, torch, transformers
-    out = sys.argv[1]
-    arch = json.load(open(out + "/config.json"))["architectures"][0]
-    model = getattr(transformers, arch).from_pretrained(out, dtype=torch.float32).eval()
-    transformers.AutoTokenizer.from_pretrained(out)
-    transformers.Qwen2VLImageProcessorPil.from_pretrained(out)
-    inputs = torch.load(sys.argv[2])
-    with torch.no_grad():
-        torch.save([model(**x).logits for x in inputs], sys.argv[3])
-    assert not any(m.startswith("qwenvl_ft") for m in sys.modules), "loaded qwenvl_ft"
+    import json, sys, traceback, torch, transformers
+
+    def reload(out, inputs_file, logits_file):
+        arch = json.load(open(out + "/config.json"))["architectures"][0]
+        model = getattr(transformers, arch).from_pretrained(out, dtype=torch.float32).eval()
+        transformers.AutoTokenizer.from_pretrained(out)
+        transformers.Qwen2VLImageProcessorPil.from_pretrained(out)
+        inputs = torch.load(inputs_file)
+        with torch.no_grad():
+            torch.save([model(**x).logits for x in inputs], logits_file)
+        assert not any(m.startswith("qwenvl_ft") for m in sys.modules), "loaded qwenvl_ft"
+
+    for line in sys.stdin:
+        try:
+            reload(*json.loads(line))
+            print(json.dumps("ok"), flush=True)
+        except Exception:
+            print(json.dumps(traceback.format_exc()), flush=True)
 """)
+
+
+class Reloader:
+    """The reload interpreter: `start(args)` hands it a merged directory, `result()` waits for it."""
+
+    def __init__(self, cwd: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", RELOAD], cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def start(self, args: list[str]) -> None:
+        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.flush()
+
+    def result(self) -> str:
+        line = self.proc.stdout.readline()
+        assert line, f"the reload interpreter exited ({self.proc.poll()})"
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reloader(tmp_path_factory):
+    r = Reloader(tmp_path_factory.mktemp("reload"))
+    yield r
+    r.close()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_merged_checkpoint_matches_the_adapter_and_loads_with_transformers_alone(
-    tiny_model, tmp_path, family, variant
+    tiny_model, reloader, tmp_path, family, variant
 ):
     from peft import PeftModel
 
@@ -88,20 +127,18 @@ def test_merged_checkpoint_matches_the_adapter_and_loads_with_transformers_alone
     # fp32: the tolerance is 2048 roundoffs of the logit scale (~1.2e-4 for these tiny models' logits)
     assert result.kind == "lora" and result.max_logit_diff <= result.tolerance < 1e-3
 
-    # A fresh interpreter reloads the merged directory with transformers alone, on the second core
-    # while this one computes the expected logits independently of merge(): plain PEFT on the base.
+    # An interpreter without qwenvl_ft reloads the merged directory with transformers alone, on the
+    # second core while this one computes the expected logits independently of merge(): plain PEFT
+    # on the base.
     inputs = verification_inputs(fam.load_processor(str(run_dir)))
     torch.save(inputs, tmp_path / "inputs.pt")
-    args = [str(tmp_path / n) for n in ("merged", "inputs.pt", "logits.pt")]
-    reload = subprocess.Popen(
-        [sys.executable, "-c", RELOAD, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    reloader.start([str(tmp_path / n) for n in ("merged", "inputs.pt", "logits.pt")])
     adapter = PeftModel.from_pretrained(
         fam.load_model(str(model_dir), dtype=torch.float32), str(run_dir)
     ).eval()
     expected = [logits(adapter, x, torch.float32) for x in inputs]
-    output, _ = reload.communicate(timeout=600)
-    assert reload.returncode == 0, output.decode(errors="replace")[-3000:]
+    status = reloader.result()
+    assert status == "ok", status[-3000:]
     got = torch.load(tmp_path / "logits.pt")
     for e, g in zip(expected, got, strict=True):
         assert (e - g).abs().max() <= max(1e-4, result.tolerance)

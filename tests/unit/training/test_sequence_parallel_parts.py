@@ -106,6 +106,9 @@ def test_what_is_not_built_is_refused_by_name():
         check(recipe(sequence_parallel=2, fsdp=True), qwen2_5, 2)
     with pytest.raises(ConfigError, match="train.liger: false"):
         check(recipe(sequence_parallel=2, liger=True), qwen2_5, 2)
+    cfg = recipe(sequence_parallel=2)
+    with pytest.raises(ConfigError, match="eval.generate: false"):
+        check(replace(cfg, eval=replace(cfg.eval, generate=True)), qwen2_5, 2)
     with pytest.raises(ConfigError, match="this launch has 3"):
         check(recipe(sequence_parallel=2), qwen2_5, 3)
     with pytest.raises(ConfigError, match="must be 1 \\(off\\) or more"):
