@@ -400,20 +400,10 @@ def frame_shares(grid_thw: torch.Tensor, size: int) -> list[tuple[tuple[int, int
 
 
 def _zero_of(out) -> torch.Tensor:
-    tensors = []
+    """A zero that depends on every float tensor of a vision output (the empty rank's dummy call)."""
+    from .base import _tensors
 
-    def walk(x):
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            tensors.append(x)
-        elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-
-    walk(out)
-    return 0.0 * sum(t.float().sum() for t in tensors)
+    return 0.0 * sum(t.float().sum() for t in _tensors(out))
 
 
 def _gather_output(out, sp: SPGroup, counts: list[int], patches: int, dummy: bool, zero):
