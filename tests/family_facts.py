@@ -352,7 +352,9 @@ FACTS: dict[str, FamilyFacts] = {
     # Qwen3-VL with sparse-expert MLPs: the same tokenizer, template, vision tower and boxes.
     "qwen3_vl_moe": replace(
         QWEN3_VL,
-        published_totals={},  # none shipped
+        # 30B-A3B: 31.07 B as a model listing quotes the Hub's count; 235B-A22B: "235 billion total
+        # parameters" (vendor pages; no exact count found here).
+        published_totals={"qwen3_vl_moe-30b-a3b": 31.07e9, "qwen3_vl_moe-235b-a22b": 235e9},
         # Qwen3-VL runs these on the same architecture; the MoE MLPs train in test_train / test_merge.
         slow_e2e=frozenset({"packed_run", "video"}),
         learning=None,  # the stand-in is Qwen3-VL's; the learning test samples it there

@@ -277,6 +277,10 @@ class TrainConfig:
     sequence_parallel: int = 1
     """Ranks that share each sample (Ulysses): each holds 1/N of its tokens, activation memory / N;
     the launch's process count must be a multiple; data parallel = processes / N. 1: off."""
+    expert_parallel: int = 1
+    """Ranks that split each MoE layer's routed experts (transformers' FSDP2 + expert parallelism):
+    each holds 1/N of them and tokens travel to their experts by all-to-all; the dense part is
+    FSDP2-sharded over every rank. Must divide the process count and the expert count. 1: off."""
     logging_steps: int = 10
     save_steps: int = 500
     eval_steps: int | None = None

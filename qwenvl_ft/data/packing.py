@@ -43,6 +43,8 @@ def pack_bins(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
     Best-fit decreasing: longest samples first, each into the fullest bin it still fits. Ties
     between equal lengths are broken by a seeded shuffle, so different seeds give different rows.
     """
+    # Python ints: the data check's lengths are an unsigned numpy array, whose negation wraps around.
+    lengths = [int(n) for n in lengths]
     too_long = [i for i, n in enumerate(lengths) if n > capacity]
     if too_long:
         raise ValueError(

@@ -269,6 +269,11 @@ class ModelFamily:
     router_aux_loss: ClassVar[bool] = False
     """Sparse-expert decoders whose router load-balancing loss is switched on for training
     (`output_router_logits`): the model returns `aux_loss`, which the trainer adds and logs."""
+    expert_parallel: ClassVar[bool] = False
+    """`train.expert_parallel` can split the routed experts over ranks: transformers' config class
+    carries a `base_model_ep_plan` for the decoder's `layers.*.mlp.experts`, and the language model's
+    decoder layers and the vision tower's blocks sit at `paths.language[0].layers` and
+    `paths.vision.blocks` (training/expert_parallel.py shards them one unit each)."""
     sequence_parallel: ClassVar[bool] = True
     """`train.sequence_parallel` can spread one sample over several ranks (models/ulysses.py): the
     language model is called with merged `inputs_embeds` (`paths.after_vision`), its attention goes

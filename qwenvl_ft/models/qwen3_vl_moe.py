@@ -19,7 +19,15 @@ class Qwen3VLMoeFamily(Qwen3VLFamily):
     model_types = ("qwen3_vl_moe",)
     liger_patch = "apply_liger_kernel_to_qwen3_vl_moe"
     lora_target_regex = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
-    published_sizes = {}  # none shipped yet: plan from a checkpoint, or pass --config
+    # 30B-A3B: a verbatim copy of the Hub's config.json quoted in public text (its subset at Hub commit
+    # 1fc78ad agrees). 235B-A22B: no verbatim copy found; rebuilt from the 30B file with the sizes
+    # public architecture notes and training scripts give (hidden 4096, 94 layers, 64 heads, 4 kv
+    # heads, MLP 12288, experts 128 x 1536, top 8, vision out 4096), the rest as in the 30B file.
+    published_sizes = {
+        "Qwen3-VL-30B-A3B-Instruct": "qwen3_vl_moe-30b-a3b",
+        "Qwen3-VL-235B-A22B-Instruct": "qwen3_vl_moe-235b-a22b",
+    }
+    expert_parallel = True
 
     def rope_model_class(self):
         from transformers import Qwen3VLMoeModel

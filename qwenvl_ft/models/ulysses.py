@@ -43,6 +43,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from . import router
+
 ATTENTION = "qwenvl_ulysses"
 
 
@@ -429,47 +431,20 @@ def _gather_output(out, sp: SPGroup, counts: list[int], patches: int, dummy: boo
 
 def _balance_loss(original):
     """transformers' `load_balancing_loss_func` (Qwen3.5-MoE / Qwen3-VL-MoE) over the group's tokens:
-    the same per-expert sums and token count, summed over the ranks before the ratio."""
+    the same per-expert sums and token count, summed over the ranks before the ratio (router.py)."""
 
     def loss(gate_logits, num_experts=None, top_k=2, attention_mask=None):
         batch = _CURRENT[0]
         if batch is None or not isinstance(gate_logits, tuple):
             return original(gate_logits, num_experts, top_k, attention_mask)
-        device = gate_logits[0].device
-        weight = batch.counted()[:, batch.shard].reshape(-1).to(device, torch.float32)
-        tokens = torch.zeros(num_experts, dtype=torch.float32, device=device)
-        probs = torch.zeros(num_experts, dtype=torch.float32, device=device)
-        rows = torch.zeros((), dtype=torch.float32, device=device)
-        for layer in gate_logits:
-            routing = F.softmax(layer.to(device), dim=-1)
-            _, chosen = torch.topk(routing, top_k, dim=-1)
-            tokens = tokens.scatter_add(0, chosen.reshape(-1), weight.repeat_interleave(top_k))
-            probs = probs + (routing.float() * weight[:, None]).sum(0)
-            rows = rows + weight.sum()
-        sp = batch.sp
+        weight = batch.counted()[:, batch.shard].reshape(-1)
+        tokens, probs, rows = router.sums(gate_logits, weight, num_experts, top_k)
         stats = torch.cat([tokens, rows[None]])
-        dist.all_reduce(stats, group=sp.group)  # counts: no gradient
-        probs = all_reduce_sum(probs, sp)
-        tokens, rows = stats[:-1], stats[-1]
-        return torch.sum((tokens / rows) * (probs / rows)[None]) * num_experts
+        dist.all_reduce(stats, group=batch.sp.group)  # counts: no gradient
+        probs = all_reduce_sum(probs, batch.sp)
+        return router.value(stats[:-1], probs, stats[-1], num_experts)
 
-    loss._sp_original = original
     return loss
-
-
-_BALANCED_MODULES = (
-    "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe",
-    "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe",
-)
-
-
-def _patch_balance_loss() -> None:
-    import importlib
-
-    for name in _BALANCED_MODULES:
-        module = importlib.import_module(name)
-        if not hasattr(module.load_balancing_loss_func, "_sp_original"):
-            module.load_balancing_loss_func = _balance_loss(module.load_balancing_loss_func)
 
 
 # -- installing -----------------------------------------------------------------------------------
@@ -502,7 +477,7 @@ def install(model: nn.Module, family, sp: SPGroup) -> None:
     vision._sp_group = sp
     if family.packing_isolation != "positions":
         family.isolate_packed_samples(model)  # its layers also take sp_batch
-    _patch_balance_loss()
+    router.wrap_balance_loss(_balance_loss, "_sp_balance")
 
 
 def check_heads(config, size: int) -> None:

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 
 from ..config import RecipeConfig
 from ..models.capabilities import check_capabilities, check_plan
-from .estimate import GIB, Plan, Term, estimate
+from .estimate import GIB, Plan, Term, estimate, precision
+from .experts import Option, compare
 from .levers import Lever, levers
 from .model import ModelFacts, load_facts, match_published
 from .report import format_plan
@@ -76,6 +77,8 @@ class PlanReport:
     levers: list[Lever] = field(default_factory=list)
     sequence_fit: tuple[int, float] | None = None
     """When it does not fit: the smallest train.sequence_parallel N that does, and its total."""
+    experts: list[Option] = field(default_factory=list)
+    """A mixture of experts on several ranks: ZeRO-3 against expert parallelism (plan/experts.py)."""
 
     @property
     def fits(self) -> bool | None:
@@ -105,6 +108,7 @@ def plan_recipe(
         report.gpu, report.capacity_gib = gpu_capacity(gpu)
     elif gpu_memory is not None:
         report.gpu, report.capacity_gib = f"{gpu_memory:g} GiB", float(gpu_memory)
+    report.experts = compare(facts, setup, estimate, precision)
     if report.fits is False:
         report.levers = levers(cfg, facts, plan)
         if facts.family.sequence_parallel:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from . import experts
 from .activations import Precision, decoder_extra, loss_bytes, merger_bytes, stack_bytes
 from .model import Linear, ModelFacts, image_budget
 from .sequence import buffer_bytes, local_tokens
@@ -166,8 +167,15 @@ def state_terms(facts: ModelFacts, s: Setup) -> tuple[list[Term], dict[str, floa
         # torch AdamW (foreach) allocates one fp32 temporary per state; DeepSpeed an fp32 gradient copy.
         scratch = pt * (4 + (4 if ds_mixed else 0)) / o_div
         terms.append(Term("optimizer step scratch", scratch / GIB, "step", "only while the optimizer steps"))
-    if e.stage >= 3:
-        gathered = max(2 * facts.block_params(), facts.largest_module()) * (4 if s.dtype == "fp32" else 2)
+    wb = 4 if s.dtype == "fp32" else 2
+    if s.ep > 1:
+        gathered = experts.gathered_bytes(facts, s, wb)
+        what = "two dense blocks + this rank's experts of one layer, or the largest module"
+        if s.nproc == s.ep:
+            what = "two dense blocks (each rank's experts stay whole), or the largest module"
+        terms.append(Term("FSDP2 gathered weights", gathered / GIB, "fwd", what))
+    elif e.stage >= 3:
+        gathered = max(2 * facts.block_params(), facts.largest_module()) * wb
         terms.append(
             Term("ZeRO-3 gathered weights", gathered / GIB, "fwd", "two blocks or the largest module")
         )
@@ -299,6 +307,10 @@ def estimate(facts: ModelFacts, s: Setup, notes: list[str] | None = None) -> Pla
         Term("activations: vision tower", vision / GIB, "fwd", vision_note),
         Term(f"logits + loss ({kind})", loss / GIB, "fwd", _loss_note(kind)),
     ]
+    if s.ep > 1:
+        where = "one recomputed MoE layer" if s.gradient_checkpointing else "every MoE layer"
+        note = f"rows received for this rank's experts and their outputs ({where})"
+        terms.append(Term("expert-parallel buffers", experts.buffer_bytes(facts, s, p) / GIB, "fwd", note))
     if s.sp > 1:
         where = "one recomputed layer" if s.gradient_checkpointing else "every layer"
         note = f"head-sharded q, k, v and outputs around each all-to-all ({where})"

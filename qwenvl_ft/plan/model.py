@@ -116,15 +116,30 @@ class ModelFacts:
         hit = self._lora_hits[targets]
         return sum(r * (lin.in_features + lin.out_features) for lin in hit), hit
 
+    @cached_property
+    def expert_sizes(self) -> list[int]:
+        """Routed-expert parameters of each MoE layer (`mlp.experts`); empty for a dense model."""
+        return [
+            sum(p.numel() for p in module.parameters())
+            for name, module in self.model.named_modules()
+            if name.endswith("mlp.experts")
+        ]
+
     def block_params(self) -> int:
         """Parameters of the largest decoder block (what ZeRO-3 / FSDP gather at once)."""
         blocks = [m for m in self.model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
         return max((sum(p.numel() for p in b[0].parameters()) for b in blocks), default=0)
 
-    def largest_module(self) -> int:
-        """The largest leaf module's parameters (embedding or lm_head: gathered whole under ZeRO-3)."""
+    def largest_module(self, skip: str | None = None) -> int:
+        """The largest leaf module's parameters (embedding or lm_head: gathered whole under ZeRO-3);
+        `skip`: leave out modules whose name ends with it (expert parallelism: "mlp.experts")."""
         return max(
-            (sum(p.numel() for p in m.parameters(recurse=False)) for m in self.model.modules()), default=0
+            (
+                sum(p.numel() for p in m.parameters(recurse=False))
+                for name, m in self.model.named_modules()
+                if skip is None or not name.endswith(skip)
+            ),
+            default=0,
         )
 
 

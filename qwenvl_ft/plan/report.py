@@ -48,6 +48,43 @@ def _context(r: PlanReport) -> list[str]:
             f"all-to-all sends {t.attention_layer / 2**20:.1f} MiB a rank per attention layer{linear} "
             f"in forward, {t.step / 2**30:.2f} GiB a micro-batch in all"
         )
+    if s.ep > 1:
+        from .estimate import precision
+        from .experts import all_to_all, experts_of
+
+        ex = experts_of(f)
+        layer, step = all_to_all(f, s, precision(s))
+        lines.append(
+            f"experts  {s.ep} ranks split each layer's {ex.count} experts ({ex.count // s.ep} each, "
+            f"{s.nproc // s.ep} copies); all-to-all sends {layer / 2**20:.1f} MiB a rank per MoE layer "
+            f"in forward, {step / 2**30:.2f} GiB a micro-batch in all"
+        )
+    return lines
+
+
+def _experts(r: PlanReport) -> list[str]:
+    """ZeRO-3 against expert parallelism, with the verdict and why."""
+    if not r.experts:
+        return []
+    lines = [f"mixture of experts on {r.plan.setup.nproc} ranks (per rank; received per micro-batch):"]
+    for o in r.experts:
+        fits = (
+            "" if r.capacity_gib is None else (" fits" if o.total_gib <= r.capacity_gib else " does not fit")
+        )
+        lines.append(f"  - {o.name}: {o.total_gib:.1f} GiB{fits}, {o.moved_gib:.1f} GiB moved")
+    if len(r.experts) == 2:
+        zero, ep = r.experts
+        if r.capacity_gib is not None and (zero.total_gib <= r.capacity_gib) != (
+            ep.total_gib <= r.capacity_gib
+        ):
+            best = zero if zero.total_gib <= r.capacity_gib else ep
+            lines.append(f"  {best.name} fits and the other does not")
+        elif ep.moved_gib < zero.moved_gib:
+            lines.append(
+                f"  {ep.name}: {zero.moved_gib / max(ep.moved_gib, 1e-9):.0f}x less traffic: ZeRO-3 gathers "
+                f"every expert on every rank in every pass, expert parallelism sends the tokens to them "
+                f"(train.expert_parallel: {ep.setup.ep})"
+            )
     return lines
 
 
@@ -64,6 +101,7 @@ def format_plan(r: PlanReport) -> str:
         f"{'total':<{width}}  {p.total_gib:7.2f}  static + max(forward/backward, optimizer step) + overhead"
     )
     lines += [f"note: {n}" for n in p.notes]
+    lines += _experts(r)
     if r.capacity_gib is None:
         lines.append("pass --gpu NAME or --gpu-memory GIB for a verdict")
         return "\n".join(lines)

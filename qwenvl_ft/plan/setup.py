@@ -33,6 +33,11 @@ ZERO3 = Engine("DeepSpeed ZeRO-3", 3, True)
 ZERO3_OFFLOAD = Engine("DeepSpeed ZeRO-3 + CPU offload", 3, True, True, True)
 
 
+def ep_engine() -> Engine:
+    """transformers' FSDP2 + expert parallelism: every parameter stored 1/nproc per rank."""
+    return Engine("FSDP2 + expert parallel", 3)
+
+
 def engine_of(deepspeed: str | None, fsdp: bool) -> Engine:
     """The engine a recipe names; a DeepSpeed JSON's offload_* sections decide what leaves the GPU."""
     if fsdp:
@@ -82,6 +87,8 @@ class Setup:
     double_quant: bool
     sp: int = 1
     """Ranks sharing each sample (train.sequence_parallel): each holds seq / sp of its tokens."""
+    ep: int = 1
+    """Ranks splitting each MoE layer's routed experts (train.expert_parallel, plan/experts.py)."""
 
     @property
     def mixed(self) -> bool:
@@ -108,16 +115,15 @@ def setup_from_recipe(
     seq = (d.pack_length or d.max_length) if d.packing else d.max_length
     samples_per_row = max(1, seq // d.max_length) if d.packing else 1
     t = cfg.train
-    if nproc % t.sequence_parallel:
-        raised = -(-nproc // t.sequence_parallel) * t.sequence_parallel
-        notes.append(
-            f"--nproc {nproc} raised to {raised}: train.sequence_parallel {t.sequence_parallel} needs a multiple"
-        )
-        nproc = raised
+    for key, n in (("sequence_parallel", t.sequence_parallel), ("expert_parallel", t.expert_parallel)):
+        if nproc % n:
+            raised = -(-nproc // n) * n
+            notes.append(f"--nproc {nproc} raised to {raised}: train.{key} {n} needs a multiple")
+            nproc = raised
     setup = Setup(
         mode=t.mode,
         dtype=cfg.model.dtype,
-        engine=engine_of(t.deepspeed, t.fsdp),
+        engine=ep_engine() if t.expert_parallel > 1 else engine_of(t.deepspeed, t.fsdp),
         nproc=nproc,
         gradient_checkpointing=t.gradient_checkpointing,
         loss=t.loss,
@@ -139,5 +145,6 @@ def setup_from_recipe(
         quant_type=cfg.quant.quant_type,
         double_quant=cfg.quant.double_quant,
         sp=t.sequence_parallel,
+        ep=t.expert_parallel,
     )
     return setup, notes

@@ -26,7 +26,7 @@ from ..models import resolve_family
 from ..models.base import ModelFamily
 from ..models.capabilities import check_capabilities
 from ..runs import checkpoint_meta, describe, metadata
-from . import sequence_parallel
+from . import expert_parallel, sequence_parallel
 from .data_wait import summary as data_wait_summary
 from .modules import trainable_table
 from .outputs import DescribeCheckpoints, plot_loss, plot_series, prepare_output_dir
@@ -74,7 +74,9 @@ def start(cfg: RecipeConfig) -> Run:
     family = resolve_family(cfg.model.path, cfg.model.family)
     check_capabilities(family, cfg)  # what the recipe needs, the family declares: refused here, by name
     check_compatible(cfg, checkpoint_meta(cfg.model.path))
-    sequence_parallel.check(cfg, family, int(os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    sequence_parallel.check(cfg, family, world)
+    expert_parallel.check(cfg, family, world)
     out, resume = prepare_output_dir(cfg)
     processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
     processor.video_config = cfg.data.video
@@ -95,6 +97,9 @@ def build_policy(run: Run, what: str, reference: str | None = None) -> Policy:
     set_seed(cfg.train.seed)  # LoRA and new weights initialise from train.seed, not from whatever ran before
     model = load_model(cfg, family)
     sp = sequence_parallel.setup(cfg, family, model)  # on the base model's modules, before adapters
+    # Again: the adapters' initial weights depend on train.seed alone, not on what loading drew
+    # (a model sharded while it loads draws differently from one loaded whole).
+    set_seed(cfg.train.seed)
     model = adapt(model, cfg, family, is_base)
     if cfg.model.dtype != "fp32" and not cfg.train.deepspeed:
         upcast_trainable(model)  # DeepSpeed keeps its own fp32 master weights
@@ -213,4 +218,7 @@ def training_arguments(cfg: RecipeConfig, out: Path) -> TrainingArguments:
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # lets bf16 autocast run on CPU (tests, quickstart)
         optim="adamw_torch",
+        # A model sharded while it loads (train.expert_parallel): the Trainer saves its weights only;
+        # VLTrainer adds the optimizer and RNG states (expert_parallel.py), so checkpoints resume.
+        save_only_model=t.expert_parallel > 1,
     )

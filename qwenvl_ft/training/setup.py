@@ -23,6 +23,7 @@ from ..config import ConfigError, RecipeConfig
 from ..models.base import ModelFamily
 from ..models.gptq import GPTQError, gptq_config, quantized_kernels, trains
 from ..runs import DTYPES, checkpoint_meta
+from . import expert_parallel
 from .modules import parameter_bytes, set_trainable
 
 log = logging.getLogger("qwenvl_ft")
@@ -91,6 +92,8 @@ def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
             # Full module paths: a bare "visual" no longer matches in transformers 5 (shared NOTES).
             llm_int8_skip_modules=[family.paths.vision, family.paths.lm_head],
         )
+    if cfg.train.expert_parallel > 1:  # sharded while it loads (expert_parallel.py)
+        kwargs["distributed_config"] = expert_parallel.distributed_config(cfg, family)
     gptq = checkpoint_meta(cfg.model.path).get("quantized") == "gptq"
     if gptq:  # check_compatible allows only LoRA on it
         kwargs["quantization_config"] = gptq_loading(cfg)
@@ -100,6 +103,10 @@ def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
         model = family.load_model(cfg.model.path, dtype=dtype, **kwargs)
     if gptq:
         check_gptq_kernels(model, cfg)
+    if cfg.train.expert_parallel > 1:
+        expert_parallel.check_sharded(model, family, cfg.train.expert_parallel)
+        expert_parallel.balance_router_over_ranks()
+        expert_parallel.log_layout(cfg)
     if is_deepspeed_zero3_enabled():
         # Loading under zero.Init records extra key renames (transformers 5.24) that save_pretrained
         # then reverses on top of the real ones: the saved weights were named 'model.model.embed_tokens'.

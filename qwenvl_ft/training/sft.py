@@ -85,6 +85,7 @@ METHOD = Method(
         "train.loss",
         "train.liger",
         "train.sequence_parallel",
+        "train.expert_parallel",
         "eval.*",
     ),
     summary="supervised answers",

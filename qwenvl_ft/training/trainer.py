@@ -15,7 +15,9 @@
 - one metrics buffer for what a method's loss measures (`record`; TRL's `_metrics[mode]`): each log
   line carries the means since the last one, of training or of an evaluation;
 - `prepare_reference`: a frozen reference model placed like the policy (DPO, GRPO);
-- with `train.sequence_parallel`, the loss of this rank's shard of every sample (sequence_parallel.py).
+- with `train.sequence_parallel`, the loss of this rank's shard of every sample (sequence_parallel.py);
+- with `train.expert_parallel` (a model sharded while it loads), checkpoints that resume: the
+  optimizer, scheduler and RNG states the Trainer does not save for such a model (expert_parallel.py).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from __future__ import annotations
 import resource
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..models.base import ModelFamily
 from ..models.ulysses import SPGroup
+from . import expert_parallel
 from .data_wait import DataWait
 from .keepalive import VisionKeepalive
 from .loss import loss_in_head
@@ -56,6 +61,12 @@ class VLTrainer(Trainer):
         self.sp = sequence_parallel
         if self.sp is not None:  # the N ranks of a group read the same batches
             group_loaders(self.accelerator, self.sp)
+        if self.is_distributed_loading_by_transformers:
+            # Expert parallelism: every rank reads its own batch, so the loss is normalised by the
+            # whole step's supervised-token count (the Trainer's, over ranks and accumulation), as
+            # one process computes it; transformers turns this count off for the MoE models, which
+            # then average each rank's own mean (expert_parallel.py).
+            self.model_accepts_loss_kwargs = True
         self.media_kinds = max(1, media_kinds)
         """Vision-tower calls per step on every rank: 2 when the data has both images and videos."""
         self.family, self.group_by_length, self.loss_impl = family, group_by_length, loss
@@ -83,6 +94,28 @@ class VLTrainer(Trainer):
             self.optimizer = cls(groups, lr=self.args.learning_rate, **kwargs)
         return self.optimizer
 
+    # -- checkpoints of a model sharded while it loads (train.expert_parallel) -------------------
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)  # the weights, gathered (save_only_model)
+        if self.is_distributed_loading_by_transformers:
+            out = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            expert_parallel.save_state(
+                self.model, self.optimizer, self.lr_scheduler, out, self.args.should_save
+            )
+            self._save_rng_state(str(out))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.is_distributed_loading_by_transformers and not hasattr(self.model, "peft_config"):
+            expert_parallel.load_full_weights(self.model, Path(resume_from_checkpoint))
+        else:  # an adapter: its LoRA weights are plain tensors, replicated on every rank
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None and self.is_distributed_loading_by_transformers:
+            expert_parallel.load_state(self.model, self.optimizer, self.lr_scheduler, Path(checkpoint))
+        else:
+            super()._load_optimizer_and_scheduler(checkpoint)
+
     def _get_train_sampler(self, train_dataset=None):
         """A seeded order per epoch in 4 bytes a sample that a resumed run skips into exactly (samplers.py);
         with `group_by_length`, batches of similar length from the data check's lengths (nothing is
@@ -90,8 +123,19 @@ class VLTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         if not self.group_by_length:
-            return EpochOrder(len(dataset), seed)
-        return EpochOrder(len(dataset), seed, dataset.lengths(), self.args.train_batch_size)
+            self._order = EpochOrder(len(dataset), seed)
+        else:
+            self._order = EpochOrder(len(dataset), seed, dataset.lengths(), self.args.train_batch_size)
+        return self._order
+
+    def _run_epoch(self, *args, **kwargs):
+        # The epoch's order, set here: a run resumed mid-epoch on several processes iterates a
+        # SkipBatchSampler around accelerate's BatchSamplerShard, through which neither accelerate's
+        # set_epoch nor the Trainer's reaches the sampler, which would replay epoch 0's order.
+        order = getattr(self, "_order", None)
+        if order is not None:
+            order.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         return super().get_batch_samples(self.data_wait.timed(epoch_iterator), num_batches, device)
@@ -114,7 +158,9 @@ class VLTrainer(Trainer):
         else:
             loss, outputs = self._head_loss(model, inputs, num_items_in_batch)
         if getattr(outputs, "aux_loss", None) is not None and model.training:
-            self.record({"aux_loss": outputs.aux_loss.detach()}, "train")
+            # Under expert parallelism each rank's aux_loss is the whole batch's / the rank count.
+            scale = self.accelerator.num_processes if self.is_distributed_loading_by_transformers else 1
+            self.record({"aux_loss": outputs.aux_loss.detach() * scale}, "train")
         return (loss, outputs) if return_outputs else loss
 
     def _head_loss(self, model, inputs, num_items_in_batch):

@@ -112,8 +112,8 @@ def test_published_names_match_by_name_and_size():
     assert match_published("qwen-vl-chat-sft")[1] == "qwen_vl"
     with pytest.raises(ValueError, match=r"'run7b' names no published config .*Qwen2.5-VL-7B-Instruct"):
         match_published("run7b")
-    with pytest.raises(ValueError, match=r"none for this family"):
-        match_published("Qwen3-VL-30B-A3B-Instruct", "qwen3_vl_moe")
+    assert match_published("Qwen3-VL-30B-A3B-Instruct")[1] == "qwen3_vl_moe-30b-a3b"
+    assert match_published("Qwen3-VL-235B-A22B-Thinking", "qwen3_vl_moe")[1] == "qwen3_vl_moe-235b-a22b"
 
 
 def test_zero_stages_divide_states_by_ranks():

@@ -176,6 +176,7 @@ class Qwen3_5MoeFamily(Qwen3_5Family):
     # lora.experts: PEFT 0.21's target_parameters wraps the fused 3-D weights (checked: trains, merges).
     lora_expert_parameters = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
     router_aux_loss = True
+    expert_parallel = True
     published_sizes = {
         "Qwen3.5-35B-A3B": "qwen3_5_moe-35b-a3b",
         "Qwen3.6-35B-A3B": "qwen3_5_moe-35b-a3b",
