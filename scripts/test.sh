@@ -16,4 +16,15 @@ if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; the
       "(apt-get install chromium chromium-driver)"
   fi
 fi
+# The slurm launchers' test starts a one-node cluster of Debian's slurm-wlm and munge: installed
+# here when missing and possible (root with apt-get); elsewhere those tests are skipped, saying why.
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing slurm-wlm and munge (apt) for the slurm launchers' test ..."
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; } \
+      >/dev/null || echo "[setup] could not install slurm-wlm: the slurm launchers' test cannot run"
+  else
+    echo "[setup] no slurm-wlm / munge: the slurm launchers' test will be skipped (apt-get install slurm-wlm munge)"
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"
