@@ -108,7 +108,8 @@ class FamilyFacts:
     slow_e2e: frozenset[str] = UNSET
     """E2e checks that run for this family only under --run-slow, because a family of the same
     architecture runs them in the fast suite: "packed_run" (test_train.py, packed vs padded run),
-    "video" (test_train_video.py). A new generation leaves this empty: it runs everything."""
+    "video" (test_train_video.py), "merge" (test_merge.py). A new generation leaves this empty: it
+    runs everything."""
     learning: Learning | None = UNSET
     """The learning test's setup (None: the family has no stand-in vision tower to learn with)."""
     video_clip: VideoClip | None = UNSET
@@ -197,7 +198,7 @@ QWEN2_VL = FamilyFacts(
     standin_vision=False,
     published_totals={"qwen2_vl-7b": 8.29e9, "qwen2_vl-2b": 2.21e9},
     e2e_module=None,
-    slow_e2e=frozenset({"packed_run"}),  # Qwen2.5-VL runs it on the same architecture
+    slow_e2e=frozenset({"packed_run", "merge"}),  # Qwen2.5-VL runs them on the same architecture
     learning=None,
     video_clip=_QWEN2_VIDEO,
 )

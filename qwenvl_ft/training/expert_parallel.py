@@ -106,8 +106,6 @@ def distributed_config(cfg: RecipeConfig, family: ModelFamily):
         return None
     from transformers.distributed import DistributedConfig
 
-    transpose_by_local_shape()
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return DistributedConfig(
         ep_size=n, fsdp_size=world, fsdp_plan=fsdp_plan(family), ep_implementation="all_to_all"
@@ -122,36 +120,6 @@ def log_layout(cfg: RecipeConfig) -> None:
             f"expert parallel: {n} ranks split each layer's {experts} experts ({experts // n} each, "
             f"{world // n} sharded copies); the dense part FSDP2-sharded over all {world} ranks"
         )
-
-
-def transpose_by_local_shape() -> None:
-    """transformers 5.24's `Transpose(check_dims=True)` (Qwen3-VL-MoE's fused experts: the published
-    checkpoints store them transposed) compares a loaded tensor with the model parameter's shape to
-    decide whether to transpose it. Loading with expert parallelism hands it this rank's slice of the
-    experts, against the whole DTensor's shape: they always differ, so every expert weight is
-    transposed, the already-right ones too, and a square one silently. Compared here without the
-    expert dimension (dim 0, the one expert parallelism slices), as one process compares them."""
-    from torch.distributed.tensor import DTensor
-    from transformers.core_model_loading import Transpose
-
-    original = Transpose.convert
-    if getattr(original, "_local_shape", False):
-        return
-
-    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
-        model, name = kwargs.get("model"), kwargs.get("full_layer_name")
-        param = model.get_parameter(name) if self.check_dims and model is not None and name else None
-        if not isinstance(param, DTensor):
-            return original(self, input_dict, source_patterns, target_patterns, **kwargs)
-        tensor = next(iter(input_dict.values()))
-        tensor = tensor[0] if isinstance(tensor, list) else tensor
-        target = self.get_target_pattern(input_dict, source_patterns, target_patterns)
-        if tensor.shape[1:] == param.shape[1:]:
-            return {target: tensor}
-        return {target: torch.transpose(tensor, self.dim0, self.dim1).contiguous()}
-
-    convert._local_shape = True
-    Transpose.convert = convert
 
 
 def check_sharded(model: torch.nn.Module, family: ModelFamily, n: int) -> None:

@@ -22,6 +22,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from ..config import ConfigError, RecipeConfig
 from ..models.base import ModelFamily
 from ..models.gptq import GPTQError, gptq_config, quantized_kernels, trains
+from ..models.sharded_loading import compare_true_shapes
 from ..runs import DTYPES, checkpoint_meta
 from . import expert_parallel
 from .modules import parameter_bytes, set_trainable
@@ -94,6 +95,8 @@ def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
         )
     if cfg.train.expert_parallel > 1:  # sharded while it loads (expert_parallel.py)
         kwargs["distributed_config"] = expert_parallel.distributed_config(cfg, family)
+    if cfg.train.expert_parallel > 1 or is_deepspeed_zero3_enabled():
+        compare_true_shapes()  # Qwen3-VL-MoE's expert transpose, decided on the sharded shapes otherwise
     gptq = checkpoint_meta(cfg.model.path).get("quantized") == "gptq"
     if gptq:  # check_compatible allows only LoRA on it
         kwargs["quantization_config"] = gptq_loading(cfg)

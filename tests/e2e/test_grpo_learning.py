@@ -88,6 +88,7 @@ def grpo_in_processes(jobs: list[tuple[Path, Path, Path, int]]) -> None:
         list(pool.map(run, jobs))
 
 
+@pytest.mark.slow  # six GRPO runs, about 2 minutes on 2 cores: behind --run-slow to keep CI under 30 minutes
 def test_grpo_raises_heldout_accuracy_from_two_starts_with_three_seeds(start, second_start, tmp_path):
     model_a, train, heldout = start
     starts = {"a": model_a, "b": second_start}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from family_facts import trained_by_test_train
+from family_facts import sampled, trained_by_test_train
 
 from qwenvl_ft.cli import main
 from qwenvl_ft.config import load_recipe
@@ -109,7 +109,7 @@ def reloader(tmp_path_factory):
     r.close()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", sampled(FAMILIES, "merge"))
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_merged_checkpoint_matches_the_adapter_and_loads_with_transformers_alone(
     tiny_model, reloader, tmp_path, family, variant

@@ -148,7 +148,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "case",
+    # Under ZeRO-3 (three DeepSpeed processes, one after another, ~40 s): behind --run-slow; the MoE
+    # case and the equality fixture above cover the sharded loss and gradients in CI.
+    [pytest.param(c, marks=pytest.mark.slow) if "zero3" in c else c for c in CASES],
+)
 def test_training_equals_one_process(tiny_model, tmp_path, case):
     name, recipe, extra, weights = CASES[case]
     deepspeed = "deepspeed" in " ".join(extra)
