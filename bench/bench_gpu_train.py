@@ -106,14 +106,15 @@ class SyncedTimer(StepTimer):
 
 
 # -- model --------------------------------------------------------------------------------------
-def checkpoint_dir(root: Path, config_path: Path | None) -> tuple[Path, object]:
-    """A checkpoint directory without weights: the config.json, the tokenizer, the image processor."""
+def checkpoint_dir(root: Path, config_path: Path | None, tiny: str = "qwen2_5_vl") -> tuple[Path, object]:
+    """A checkpoint directory without weights: the config.json, the tokenizer, the image processor;
+    with no config (--tiny), the tiny checkpoint of the family `tiny`."""
     from qwenvl_ft.models.processor import VLProcessor
     from qwenvl_ft.models.tokenizer import build_tokenizer
     from qwenvl_ft.tiny import make_tiny
 
     if config_path is None:  # --tiny: make_tiny writes a scaled-down config (and unused weights)
-        family = FAMILIES["qwen2_5_vl"]
+        family = FAMILIES[tiny]
         make_tiny(family, root)
         return root, family
     model_type = json.loads(config_path.read_text())["model_type"]
@@ -344,6 +345,7 @@ def main() -> None:
     parser.add_argument("--attn", choices=("auto", "sdpa", "flash_attention_2"), default="auto")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU: a smoke test of this script")
+    parser.add_argument("--tiny-family", default="qwen2_5_vl", help="the family of the --tiny model")
     parser.add_argument(
         "--plan-only",
         action="store_true",
@@ -359,7 +361,9 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     if args.tiny:  # a few small samples: the point is that every code path runs
-        args.samples, args.max_length, args.max_pixels = min(args.samples, 32), 512, 50176
+        # 224 x 224 at most; Qwen3-VL and Qwen3.5 start at 256 x 256 (their published floor)
+        floor = 50176 if args.tiny_family in ("qwen2_vl", "qwen2_5_vl") else 65536
+        args.samples, args.max_length, args.max_pixels = min(args.samples, 32), 512, floor
         sides_px, words = (28, 224), (3, 100)
     else:
         sides_px, words = (56, 896), (3, 600)
@@ -391,7 +395,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        path, family = checkpoint_dir(tmp / "model", None if args.tiny else args.config)
+        path, family = checkpoint_dir(tmp / "model", None if args.tiny else args.config, args.tiny_family)
         resolve_family(path, family.name)
         jsonl = varied_data(tmp / "data", args.samples, sides=sides_px, words=words)
 

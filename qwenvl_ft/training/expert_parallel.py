@@ -140,7 +140,7 @@ def check_sharded(model: torch.nn.Module, family: ModelFamily, n: int) -> None:
         weight = next(module.parameters())
         local = weight.to_local() if isinstance(weight, DTensor) else weight
         total = weight.shape[0]
-        if getattr(module, "_ep_local_experts", None) is None and local.shape[0] * n > total:
+        if local.shape[0] * n > total:
             raise RuntimeError(
                 f"expert parallel: {family.title}'s experts were not split over {n} ranks "
                 f"(a rank holds {local.shape[0]} of {total})"
@@ -181,7 +181,13 @@ def load_full_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     state: dict[str, torch.Tensor] = {}
     for file in sorted(checkpoint.glob("*.safetensors")):
         state.update(load_file(str(file)))
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    missing = sorted(set(model.state_dict()) - set(state))
+    if missing:  # a checkpoint of another model, or saved some other way: never resume half-loaded
+        raise ValueError(
+            f"{checkpoint}: {len(missing)} weight(s) of the model are not in its safetensors files "
+            f"(first: {missing[:3]}); resume from a checkpoint this run saved"
+        )
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
 def save_state(model, optimizer, scheduler, checkpoint: Path, is_main: bool) -> None:
