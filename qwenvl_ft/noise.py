@@ -32,6 +32,9 @@ WARNINGS = [
     (FutureWarning, r"`gradient_checkpointing_enable` is deprecated"),
     # DeepSpeed ZeRO on torch 2.13 gathers through the deprecated collective, once per rank.
     (FutureWarning, r"`torch\.distributed\.all_gather_into_tensor` is deprecated"),
+    # Expert parallelism (FSDP2): the MoE models return views from sharded modules and never modify
+    # them in place; the gradients equal one process's (tests/e2e/test_expert_parallel.py).
+    (UserWarning, r"FSDP2-wrapped module \(.*\) returned a view tensor"),
 ]
 
 # logger name -> message regexes of records known to be harmless here.
@@ -46,6 +49,12 @@ LOG_RECORDS = {
     "transformers.modeling_layers": [r"Caching is incompatible with gradient checkpointing in"],
     # Expected on a machine without a GPU (tests, CI); where torch sees a GPU it is kept (CPU_ONLY).
     "DeepSpeed": [r"Setting accelerator to CPU\. If you have GPU or other accelerator"],
+    # Expert parallelism: transformers' own FSDP2 plan names the text model's paths, which match nothing
+    # in the vision-language model (ours, one unit per decoder layer and vision block, is checked to
+    # match: training/expert_parallel.py); and DTensor's note that its (efsdp, ep) mesh reduces in two
+    # collectives, which is the layout transformers chose.
+    "transformers.distributed.mixin": [r"`fsdp_plan` rules \[.*\] match nothing in Qwen3(_5Moe|VLMoe)For"],
+    "torch.distributed.tensor._redistribute": [r"While redistributing from"],
     # bitsandbytes' optional CPU kernel from the `kernels` hub package; the built-in one is used.
     "bitsandbytes.backends.cpu.ops": [r"Failed to load CPU gemm_4bit_forward from kernels-community"],
 }

@@ -130,16 +130,16 @@ def gather_rows(x: torch.Tensor, sp: SPGroup, sizes: list[int]) -> torch.Tensor:
 
 class _AllReduce(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, sp: SPGroup):
-        ctx.sp = sp
+    def forward(ctx, x, group):
+        ctx.group = group
         x = x.clone()
-        dist.all_reduce(x, group=sp.group)
+        dist.all_reduce(x, group=group)
         return x
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.sp.group)
+        dist.all_reduce(grad, group=ctx.group)
         return grad, None
 
 
@@ -147,7 +147,12 @@ def all_reduce_sum(x: torch.Tensor, sp: SPGroup) -> torch.Tensor:
     """The group's sum on every rank. Backward sums the gradients too: every rank computes the same
     function of the sum, and data-parallel averaging over the group's N ranks then gives the
     gradient of that one function."""
-    return _AllReduce.apply(x, sp)
+    return _AllReduce.apply(x, sp.group)
+
+
+def sum_over_ranks(x: torch.Tensor, group=None) -> torch.Tensor:
+    """`all_reduce_sum` over a process group (default: every rank), the same gradient rule."""
+    return _AllReduce.apply(x, group)
 
 
 # -- the sample, whole and sharded ---------------------------------------------------------------

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from transformers import AutoConfig
 
 from ..config import ConfigError, RecipeConfig
 from ..models import router
 from ..models.base import ModelFamily
+from ..models.ulysses import sum_over_ranks
 
 log = logging.getLogger("qwenvl_ft")
 
@@ -163,7 +163,7 @@ def balance_over_ranks(original):
         tokens, probs, counted = router.sums(gate_logits, weight, num_experts, top_k)
         stats = torch.cat([tokens, counted[None]])
         dist.all_reduce(stats)  # counts: no gradient
-        probs = dist_fn.all_reduce(probs)  # its backward sums the ranks' gradients
+        probs = sum_over_ranks(probs)  # its backward sums the ranks' gradients
         return router.value(stats[:-1], probs, stats[-1], num_experts) / dist.get_world_size()
 
     return loss
