@@ -22,6 +22,13 @@ BALANCED_MODULES = (
 )
 
 
+def routed_experts(config) -> int:
+    """Routed experts per MoE layer of a model config (0 for a dense one): `num_experts`, or
+    `num_local_experts` as transformers 5 renames it on some configs."""
+    text = config.get_text_config()
+    return int(getattr(text, "num_experts", 0) or getattr(text, "num_local_experts", 0) or 0)
+
+
 def sums(gate_logits: tuple[torch.Tensor, ...], weight: torch.Tensor, num_experts: int, top_k: int):
     """(top-k assignments per expert, routing probability per expert, tokens counted), every layer's
     rows weighted by `weight` (1 a counted token, 0 padding), as transformers accumulates them."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..models.router import routed_experts
 from .activations import Precision
 from .model import ModelFacts
 from .sequence import local_tokens
@@ -45,7 +46,7 @@ def experts_of(facts: ModelFacts) -> Experts | None:
     if not sizes:
         return None
     text = facts.config.get_text_config()
-    count = getattr(text, "num_experts", None) or text.num_local_experts
+    count = routed_experts(facts.config)
     return Experts(len(sizes), max(sizes), count, text.num_experts_per_tok, text.hidden_size)
 
 

@@ -35,11 +35,6 @@ OPTIMIZER_DIR = "optimizer_dcp"
 SCHEDULER = "scheduler.pt"
 
 
-def expert_count(model_path: str) -> int:
-    text = AutoConfig.from_pretrained(model_path).get_text_config()
-    return int(getattr(text, "num_experts", 0) or getattr(text, "num_local_experts", 0))
-
-
 def check(cfg: RecipeConfig, family: ModelFamily, world_size: int) -> None:
     """Raise ConfigError, before anything loads, for a combination this stack does not run."""
     n = cfg.train.expert_parallel
@@ -83,7 +78,7 @@ def check(cfg: RecipeConfig, family: ModelFamily, world_size: int) -> None:
             f"{where} needs a process count that it divides; this launch has {world_size} "
             f"(torchrun --nproc_per_node: a multiple of {n})"
         )
-    experts = expert_count(cfg.model.path)
+    experts = router.routed_experts(AutoConfig.from_pretrained(cfg.model.path))
     if experts % n:
         raise ConfigError(f"{where} must divide the model's {experts} routed experts")
 
@@ -112,9 +107,9 @@ def distributed_config(cfg: RecipeConfig, family: ModelFamily):
     )
 
 
-def log_layout(cfg: RecipeConfig) -> None:
-    n, world = cfg.train.expert_parallel, dist.get_world_size()
-    experts = expert_count(cfg.model.path)
+def log_layout(model: torch.nn.Module, n: int) -> None:
+    world = dist.get_world_size()
+    experts = router.routed_experts(model.config)
     if dist.get_rank() == 0:
         log.info(
             f"expert parallel: {n} ranks split each layer's {experts} experts ({experts // n} each, "

@@ -109,7 +109,7 @@ def load_model(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
     if cfg.train.expert_parallel > 1:
         expert_parallel.check_sharded(model, family, cfg.train.expert_parallel)
         expert_parallel.balance_router_over_ranks()
-        expert_parallel.log_layout(cfg)
+        expert_parallel.log_layout(model, cfg.train.expert_parallel)
     if is_deepspeed_zero3_enabled():
         # Loading under zero.Init records extra key renames (transformers 5.24) that save_pretrained
         # then reverses on top of the real ones: the saved weights were named 'model.model.embed_tokens'.

@@ -67,6 +67,8 @@ class VLTrainer(Trainer):
             # one process computes it; transformers turns this count off for the MoE models, which
             # then average each rank's own mean (expert_parallel.py).
             self.model_accepts_loss_kwargs = True
+        self._order: EpochOrder | None = None
+        """The training sampler (`_get_train_sampler`), whose epoch `_run_epoch` sets."""
         self.media_kinds = max(1, media_kinds)
         """Vision-tower calls per step on every rank: 2 when the data has both images and videos."""
         self.family, self.group_by_length, self.loss_impl = family, group_by_length, loss
@@ -132,9 +134,8 @@ class VLTrainer(Trainer):
         # The epoch's order, set here: a run resumed mid-epoch on several processes iterates a
         # SkipBatchSampler around accelerate's BatchSamplerShard, through which neither accelerate's
         # set_epoch nor the Trainer's reaches the sampler, which would replay epoch 0's order.
-        order = getattr(self, "_order", None)
-        if order is not None:
-            order.set_epoch(kwargs["epoch"])
+        if self._order is not None:
+            self._order.set_epoch(kwargs["epoch"])
         return super()._run_epoch(*args, **kwargs)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):

@@ -203,7 +203,8 @@ def test_saved_weights_equal_one_process_and_load_without_qwenvl_ft(runs, name):
 
 def test_resuming_the_step_5_checkpoint_gives_the_same_last_losses(runs):
     whole, resumed = runs / f"{RESUMED}-ep", runs / f"{RESUMED}-resumed"
-    assert not (resumed / "checkpoint-5" / "trainer_state.json").read_text() == ""
+    # It resumed (a run from scratch would log the same losses: the runs are deterministic).
+    assert f"resuming from {resumed / 'checkpoint-5'}" in (runs / "resumed.log").read_text()
     a, b = history(whole, "loss"), history(resumed, "loss")  # b: steps 1-5 from the checkpoint's state
     assert len(a) == len(b) == STEPS and b[5:] == a[5:], (a, b)
     file = "adapter_model.safetensors" if CASES[RESUMED][1] == "lora" else "model.safetensors"
@@ -218,12 +219,13 @@ def test_a_wrong_dispatch_fails_the_equality(runs):
     assert gap > 1e-4, (gap, where)  # ten times the tolerance the right dispatch keeps
 
 
-def test_merge_verifies_an_expert_parallel_adapter(runs, tmp_path, capsys):
+def test_merge_verifies_an_expert_parallel_adapter(runs, tmp_path):
     """`merge` on an EP run's adapter (a plain PEFT adapter: the LoRA weights were replicated):
     merged and adapter logits compared before anything is written."""
-    from qwenvl_ft.cli import main
+    from qwenvl_ft.merge import merge
 
     out = tmp_path / "merged"
-    assert main(["merge", str(runs / "qwen3_5_moe-lora-4-ep"), "--output", str(out)]) == 0
-    assert "verified" in capsys.readouterr().out.lower() or (out / "config.json").exists()
+    result = merge(runs / "qwen3_5_moe-lora-4-ep", out, dtype="fp32", progress=False)
+    assert result.kind == "lora" and result.max_logit_diff is not None
+    assert result.max_logit_diff <= result.tolerance
     assert "distributed_config" not in json.loads((out / "config.json").read_text())
