@@ -27,7 +27,7 @@ from .data.prompts import encode_prompt
 from .models import get_family, resolve_family
 from .models.base import ModelFamily
 from .models.processor import VLProcessor
-from .runs import DTYPES, is_adapter, load_adapter_model, processor_dir, read_run
+from .runs import DTYPES, checkpoint_meta, is_adapter, load_adapter_model, processor_dir, read_run
 
 
 @dataclass
@@ -45,17 +45,38 @@ def check_thinking(family: ModelFamily, thinking: bool | None) -> None:
         raise ValueError(f"thinking {state}: {family.title} ({family.name}) has no thinking mode")
 
 
+def run_thinking(family: ModelFamily, asked: bool | None, meta: dict) -> bool | None:
+    """The thinking mode to prompt with: the one asked for, else the one the run was trained in (its
+    qwenvl_ft.json `thinking`, `training.lifecycle.trained_thinking`), else None: the template's
+    default. So a run trained on answers without reasoning is asked with the empty think block it
+    learned to answer after (README 'Thinking at inference')."""
+    check_thinking(family, asked)
+    if asked is not None or not family.thinking:
+        return asked
+    return meta.get("thinking")
+
+
 @dataclass
 class Predictor:
     model: torch.nn.Module
     processor: VLProcessor
     family: ModelFamily
     thinking: bool | None = None
-    """Thinking on (True) or off (False) in the prompt; None: the checkpoint's default. Only for
+    """Thinking on (True) or off (False) in the prompt; None: the template's default. Only for
     generations that declare `thinking`."""
+    trained: str | None = None
+    """How the loaded run was trained (its metadata's `thinking_why`), when the thinking mode came
+    from there rather than from the caller."""
 
     def __post_init__(self) -> None:
         check_thinking(self.family, self.thinking)
+
+    def thinking_line(self) -> str | None:
+        """What the CLI says about the thinking mode when it came from the run, not from a flag."""
+        if self.trained is None or self.thinking is None:
+            return None
+        state, other = ("on", "off") if self.thinking else ("off", "on")
+        return f"thinking {state}, as the run was trained ({self.trained}); --thinking {other} overrides"
 
     @classmethod
     def load(
@@ -69,20 +90,23 @@ class Predictor:
         """A base, merged or fully fine-tuned checkpoint directory, or a LoRA run / checkpoint directory."""
         path = Path(path)
         torch_dtype = DTYPES[dtype]
+        asked = thinking
         if is_adapter(path):  # a LoRA run: the adapter on its recorded base
             meta = read_run(path)
             family = get_family(meta["family"])
-            check_thinking(family, thinking)  # refused before the weights load
+            thinking = run_thinking(family, asked, meta)  # refused before the weights load
             base_path = Path(base or meta["base_model"])
             model = load_adapter_model(path, base_path, family, torch_dtype)
             processor = family.load_processor(str(processor_dir(path, base_path)))
         else:
+            meta = checkpoint_meta(path)
             family = resolve_family(str(path), None)
-            check_thinking(family, thinking)
+            thinking = run_thinking(family, asked, meta)
             model = family.load_model(str(path), dtype=torch_dtype)
             processor = family.load_processor(str(path))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device).eval(), processor, family, thinking)
+        trained = meta.get("thinking_why") if asked is None and thinking is not None else None
+        return cls(model.to(device).eval(), processor, family, thinking, trained)
 
     def prompt(self, conv: Conversation, images: list[Image.Image], videos: list[VideoClip] = ()) -> Encoded:
         """The conversation (ending with a user turn) and the generation prompt, as the model input

@@ -25,6 +25,7 @@ from .models.base import ModelFamily
 from .runs import (
     DTYPES,
     METADATA_FILE,
+    RUN_TRAINING_KEYS,
     RunError,
     checkpoint_meta,
     load_adapter_model,
@@ -229,6 +230,8 @@ def write_output(
                     "mode": meta.get("mode"),
                     "is_base": meta.get("is_base", False),
                     "dtype": dtype,
+                    # how the run was trained: inference on the merged model defaults to it too
+                    **{k: meta[k] for k in RUN_TRAINING_KEYS if k in meta},
                 },
                 indent=2,
             )

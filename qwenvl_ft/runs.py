@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .config import RecipeConfig
     from .models.base import ModelFamily
 
+RUN_TRAINING_KEYS = ("thinking", "thinking_why", "reasoning_effort")
+"""Metadata on how a run was trained that inference defaults to; a merged model carries them."""
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 METADATA_FILE = "qwenvl_ft.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

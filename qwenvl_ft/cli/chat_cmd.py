@@ -6,7 +6,7 @@ Type a message and press Enter. Commands:
   /reset          start a new conversation
   /quit           leave (or Ctrl-D)
 MODEL_OR_RUN_DIR is a base or merged checkpoint, a full run, or a LoRA run / checkpoint directory.
-On generations with a thinking mode (--thinking on|off; default: the checkpoint's), the reasoning
+On generations with a thinking mode (--thinking on|off; default: the mode the run was trained in), the reasoning
 streams after "thinking> " and the answer after "model> ".
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict_cmd import add_thinking_argument
+from .predict_cmd import add_thinking_argument, say_thinking
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..infer import Predictor
 
     predictor = Predictor.load(args.model, dtype=args.dtype, base=args.base, thinking=args.thinking)
+    say_thinking(predictor)
     chat = Chat(predictor, args.system, args.max_new_tokens)
     pending = list(args.image)
     print("qwenvl-ft chat: /image PATH, /boxes OUT.png, /reset, /quit")

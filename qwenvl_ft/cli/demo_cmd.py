@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     models = load_models(args.model, args.compare, args.dtype, args.base, args.device, args.max_pixels)
     if args.thinking is not None and not any(m.predictor.family.thinking for m in models):
         check_thinking(models[0].predictor.family, args.thinking)  # refused by name
+    for m in models:
+        line = m.predictor.thinking_line()
+        if line and args.thinking is None:
+            print(f"{m.title}: {line}")
     demo = build(models, args.max_new_tokens, args.system, examples_from=args.model, thinking=args.thinking)
     serve(demo, args.host, args.port, args.max_upload_mb)
     return 0

@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from .predict_cmd import add_thinking_argument
+from .predict_cmd import add_thinking_argument, say_thinking
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,4 +78,5 @@ def _predict(args: argparse.Namespace, model: Path, out: Path) -> Path:
     from ..predict import predict
 
     predictor = Predictor.load(str(model), dtype=args.dtype, base=args.base, thinking=args.thinking)
+    say_thinking(predictor)
     return Path(predict(predictor, args.data, str(out), args.max_new_tokens, args.batch_size, args.limit))

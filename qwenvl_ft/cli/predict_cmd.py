@@ -4,7 +4,7 @@ MODEL_OR_RUN_DIR is a base or merged checkpoint, a full fine-tuning run, or a Lo
 checkpoint directory (the adapter is loaded on the base model the run recorded). DATA is any
 format `qwenvl-ft data check` reads; each sample's last assistant turn is the reference. Greedy
 decoding. A rerun with the same --output skips the samples already written. On generations with
-a thinking mode, --thinking on|off overrides the checkpoint's default; the reasoning is written
+a thinking mode, --thinking on|off overrides the run's default (the mode it was trained in); the reasoning is written
 apart from the prediction (field `reasoning`).
 """
 
@@ -37,8 +37,16 @@ def add_thinking_argument(p: argparse.ArgumentParser) -> None:
         "--thinking",
         type=_on_off,
         metavar="on|off",
-        help="thinking mode of generations that have one (default: the checkpoint's); refused by the others",
+        help="thinking mode of generations that have one (default: the mode the run was trained in, else the "
+        "template's); refused by the others",
     )
+
+
+def say_thinking(predictor) -> None:
+    """One line when the thinking mode came from how the run was trained, not from --thinking."""
+    line = predictor.thinking_line()
+    if line:
+        print(line)
 
 
 def _on_off(value: str) -> bool:
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..predict import predict
 
     predictor = Predictor.load(args.model, dtype=args.dtype, base=args.base, thinking=args.thinking)
+    say_thinking(predictor)
     out = predict(predictor, args.data, args.output, args.max_new_tokens, args.batch_size, args.limit)
     print(f"predictions: {out}")
     return 0

@@ -30,7 +30,7 @@ from .checking import (  # noqa: F401  (the report's pieces, where callers have 
 )
 from .clips import VideoClip, plan_clip
 from .conversation import Box, Conversation
-from .encode import IGNORE, render, tokenize
+from .encode import IGNORE, render, shown_reasoning, tokenize
 from .images import ImageError, image_size, verify_image
 from .plan import SAMPLE_ROW, PlanItem, row  # noqa: F401
 from .readers import DataError
@@ -100,6 +100,8 @@ class SampleCheck:
     kept_length: int = 0
     kept_images: int = 0
     kept_videos: list[VideoClip] = field(default_factory=list)
+    reasoning: bool = False
+    """A kept answer's think block shows reasoning (thinking generations: how the run was trained)."""
 
 
 def check_sample(
@@ -140,7 +142,9 @@ def check_sample(
     if not supervised:
         return SampleCheck(["no token is supervised (check data.supervise and the assistant turns)"])
     if length <= max_length:
-        return SampleCheck([], length, len(conv.turns), length, len(sizes), clips)
+        return SampleCheck(
+            [], length, len(conv.turns), length, len(sizes), clips, _shows_reasoning(conv, processor)
+        )
     if overlength == "truncate":
         # Keep the longest prefix of whole turns that fits and ends with an assistant answer: never
         # inside an image span, never an assistant turn without its end.
@@ -151,8 +155,14 @@ def check_sample(
                 n_vid = sum(seg.kind == "video" for t in part.turns for seg in t.segments)
                 kept = _length(part, processor, sizes, supervise, clips[:n_vid])[0]
                 if kept <= max_length:
-                    return SampleCheck([], length, k, kept, n_img, clips[:n_vid])
+                    thinks = _shows_reasoning(part, processor)
+                    return SampleCheck([], length, k, kept, n_img, clips[:n_vid], thinks)
     return SampleCheck([], length, kept_videos=clips)
+
+
+def _shows_reasoning(conv: Conversation, processor: VLProcessor) -> bool:
+    """Whether a think block of the rendered conversation shows reasoning (not the empty block)."""
+    return any(shown_reasoning(conv, processor))
 
 
 def _length(
@@ -219,7 +229,7 @@ def outcome(res: SampleCheck, conv: Conversation, s: int, i: int, max_length: in
     frames = sum(len(c.indices) for c in res.kept_videos)
     values = row(
         SAMPLE_ROW, source=s, index=i, turns=res.keep, length=res.kept_length, images=res.kept_images,
-        videos=len(res.kept_videos), video_frames=frames,
+        videos=len(res.kept_videos), video_frames=frames, reasoning=int(res.reasoning),
     )  # fmt: skip
     return Outcome(truncated=truncated, row=values)
 

@@ -234,6 +234,7 @@ def _cache_dir(
         json.dumps(
             [
                 type(rules).__name__,
+                str(rules.dtype),  # a plan row with other fields is another result
                 rules.key(),
                 [s.fingerprint() for s in sources],
                 [s.spec.format for s in sources],

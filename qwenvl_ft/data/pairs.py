@@ -237,7 +237,7 @@ class PairRules:
         values = row(
             PAIR_ROW, source=s, index=i, chosen_length=chosen.length, rejected_length=rejected.length,
             images=chosen.kept_images, videos=len(chosen.kept_videos),
-            video_frames=sum(len(c.indices) for c in chosen.kept_videos),
+            video_frames=sum(len(c.indices) for c in chosen.kept_videos), reasoning=int(chosen.reasoning),
         )  # fmt: skip
         return Outcome(row=values)
 

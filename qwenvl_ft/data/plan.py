@@ -1,13 +1,13 @@
 """The plan a data check leaves for training: one compact row per usable sample.
 
-Rows live in a numpy structured array (19 bytes a sample), not in Python objects: a 10M-sample mix
-plans in 190 MB, loads from the check's cache memory-mapped, and loader workers read it without
+Rows live in a numpy structured array (20 bytes a sample), not in Python objects: a 10M-sample mix
+plans in 200 MB, loads from the check's cache memory-mapped, and loader workers read it without
 copy-on-write growth (a list of objects has every page copied by the reference counts a worker
 touches). `plan[i]` gives one row as a `PlanItem` / `PairItem` where a person or a test reads it.
 
 `select` maps one epoch's mixed (source, index) order onto plan rows, as uint32 positions (4 bytes a
 sample): the dataset's order. With a JSONL source's 8-byte line offsets (data/index.py), a sample
-costs 31 bytes in each process.
+costs 32 bytes in each process.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 
 SAMPLE_ROW = np.dtype(
     [("source", "<u2"), ("index", "<u4"), ("turns", "<u2"), ("length", "<u4"),
-     ("images", "<u2"), ("videos", "u1"), ("video_frames", "<u4")]
+     ("images", "<u2"), ("videos", "u1"), ("video_frames", "<u4"), ("reasoning", "u1")]
 )  # fmt: skip
 PAIR_ROW = np.dtype(
     [("source", "<u2"), ("index", "<u4"), ("chosen_length", "<u4"), ("rejected_length", "<u4"),
-     ("images", "<u2"), ("videos", "u1"), ("video_frames", "<u4")]
+     ("images", "<u2"), ("videos", "u1"), ("video_frames", "<u4"), ("reasoning", "u1")]
 )  # fmt: skip
 
 
@@ -40,6 +40,8 @@ class PlanItem:
     images: int
     videos: int = 0
     video_frames: int = 0
+    reasoning: int = 0
+    """1 when an answer's think block shows reasoning (thinking generations; `trained_thinking`)."""
 
 
 @dataclass
@@ -53,6 +55,8 @@ class PairItem:
     images: int
     videos: int = 0
     video_frames: int = 0
+    reasoning: int = 0
+    """1 when the chosen answer's think block shows reasoning."""
 
     @property
     def length(self) -> int:

@@ -66,7 +66,8 @@ def build(
 ):
     """The gradio Blocks of the page for `models` (one column each, the same question to all).
 
-    thinking: the switch's first position (None: each checkpoint's default)."""
+    thinking: the switch's first position (None: each checkpoint's default, a run's the mode it was
+    trained in: README 'Thinking at inference')."""
     gr = _gradio()
     thinks = any(m.predictor.family.thinking for m in models)
     first = {True: "on", False: "off"}.get(thinking, "model default")

@@ -179,7 +179,10 @@ class Session:
         try:
             with model.lock:  # one generation at a time per model, whoever asks
                 if model.predictor.family.thinking:
-                    chat.predictor = dataclasses.replace(model.predictor, thinking=thinking)
+                    chosen = (
+                        model.predictor.thinking if thinking is None else thinking
+                    )  # None: as the run trained
+                    chat.predictor = dataclasses.replace(model.predictor, thinking=chosen)
 
                 def on_text(piece: str) -> None:
                     reply.text += piece

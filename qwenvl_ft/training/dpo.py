@@ -39,7 +39,16 @@ from ..data.check import format_report
 from ..data.dataset import CACHE_DIR
 from ..data.pairs import PairCollator, build_pair_dataset
 from .keepalive import VisionKeepalive
-from .lifecycle import Run, TrainResult, build_policy, fit, frozen_copy, is_main_process, trainer_kwargs
+from .lifecycle import (
+    Run,
+    TrainResult,
+    build_policy,
+    fit,
+    frozen_copy,
+    is_main_process,
+    trained_thinking,
+    trainer_kwargs,
+)
 from .logprobs import sequence_logps
 from .methods import Method
 from .trainer import VLTrainer
@@ -72,6 +81,7 @@ def run_dpo(run: Run) -> TrainResult:
         f"DPO ({cfg.dpo.loss_type}, beta {cfg.dpo.beta})",
         f"a frozen copy of {cfg.dpo.reference or cfg.model.path}" if frozen else "the adapter switched off",
     )
+    policy.meta.update(trained_thinking(family, report.plan))  # from the chosen answers
     trainer = DPOTrainer(
         **trainer_kwargs(run, policy, report.plan.media_kinds()),
         train_dataset=dataset,

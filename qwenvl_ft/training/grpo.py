@@ -366,13 +366,15 @@ def run_grpo(run: Run) -> TrainResult:
         f"{', '.join(f'{r.name} x {r.weight:g}' for r in rewards)})",
         "none (beta 0)" if not g.beta else "a frozen copy" if frozen else "the adapter switched off",
     )
+    if family.thinking and g.thinking is not None:  # None: the template's default, inference's too
+        policy.meta.update(thinking=g.thinking, thinking_why=f"grpo.thinking: {str(g.thinking).lower()}")
     trainer = GRPOTrainer(
         **trainer_kwargs(run, policy, reports["train"].plan.media_kinds()),
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("eval"),
         data_collator=as_list,
         group_by_length=cfg.data.group_by_length,
-        task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, family)
+        task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, family, g.thinking)
         if cfg.data.eval
         else None,
         grpo=g,

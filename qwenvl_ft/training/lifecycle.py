@@ -112,6 +112,20 @@ def build_policy(run: Run, what: str, reference: str | None = None) -> Policy:
     return Policy(model, is_base, metadata(cfg, family.name, is_base), sp)
 
 
+def trained_thinking(family: ModelFamily, plan) -> dict:
+    """How a thinking generation's run was trained, for its qwenvl_ft.json; inference defaults to it
+    (`infer.run_thinking`, README 'Thinking at inference'). thinking: on when at least half of the
+    trained samples show reasoning in a think block (the check's `reasoning` column), off when fewer
+    do: a model that learned to answer after the empty block is asked after the empty block."""
+    if not family.thinking or not len(plan):
+        return {}
+    shown, total = int(plan.column("reasoning").sum()), len(plan)
+    return {
+        "thinking": 2 * shown >= total,
+        "thinking_why": f"{shown} of {total} trained samples showed reasoning",
+    }
+
+
 def frozen_copy(cfg: RecipeConfig, family: ModelFamily) -> torch.nn.Module:
     """A reference model: `cfg.model.path` loaded as the policy is, without gradients, in eval mode.
     The trainer places it (`VLTrainer.prepare_reference`)."""

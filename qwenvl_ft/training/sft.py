@@ -16,7 +16,7 @@ from ..data.collate import PaddingCollator
 from ..data.dataset import SFTDataset, build_dataset
 from ..data.packing import PackedDataset, PackingCollator
 from ..data.sources import Source
-from .lifecycle import Run, TrainResult, build_policy, fit, is_main_process, trainer_kwargs
+from .lifecycle import Run, TrainResult, build_policy, fit, is_main_process, trained_thinking, trainer_kwargs
 from .methods import Method
 from .task_eval import TaskEval
 from .trainer import VLTrainer
@@ -43,6 +43,7 @@ def run_sft(run: Run) -> TrainResult:
         collator = PackingCollator(processor.tokenizer.pad_token_id)
 
     policy = build_policy(run, "SFT")
+    policy.meta.update(trained_thinking(run.family, report.plan))
     trainer = VLTrainer(
         **trainer_kwargs(run, policy, report.plan.media_kinds()),
         train_dataset=dataset,
@@ -50,7 +51,9 @@ def run_sft(run: Run) -> TrainResult:
         data_collator=collator,
         group_by_length=cfg.data.group_by_length and not cfg.data.packing,
         loss="liger" if cfg.train.liger and cfg.train.loss == "chunked" else cfg.train.loss,
-        task_eval=TaskEval(cfg.eval, [Source(s) for s in cfg.data.eval], processor, run.family)
+        task_eval=TaskEval(
+            cfg.eval, [Source(s) for s in cfg.data.eval], processor, run.family, policy.meta.get("thinking")
+        )
         if cfg.eval.generate
         else None,
     )

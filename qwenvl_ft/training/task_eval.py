@@ -21,8 +21,17 @@ from ..predict import iter_records
 
 
 class TaskEval:
-    def __init__(self, cfg: EvalConfig, sources: list[Source], processor: VLProcessor, family: ModelFamily):
-        self.cfg, self.processor, self.family = cfg, processor, family
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        sources: list[Source],
+        processor: VLProcessor,
+        family: ModelFamily,
+        thinking: bool | None = None,
+    ):
+        """thinking: the prompts' thinking mode (thinking generations), the one the run trains in, as
+        `qwenvl-ft eval` will ask the finished run (README 'Thinking at inference')."""
+        self.cfg, self.processor, self.family, self.thinking = cfg, processor, family, thinking
         # The first `limit` samples across the eval sources, as (source, indices) pairs.
         self.samples: list[tuple[Source, list[int]]] = []
         left = cfg.limit if cfg.limit is not None else sum(len(s) for s in sources)
@@ -36,7 +45,7 @@ class TaskEval:
         """Flat scores, e.g. {"grounding.acc@0.5": 0.4, "vqa.accuracy": 0.7}; the model is left as it was."""
         was_training = model.training
         model.eval()
-        predictor = Predictor(model, self.processor, self.family)
+        predictor = Predictor(model, self.processor, self.family, self.thinking)
         records = []
         try:
             for source, indices in self.samples:

@@ -63,6 +63,14 @@ def test_thinking_family_trains_on_reasoning(tiny_model, tmp_path, name, mode):
     cfg = recipe(name, tiny_model(name), reasoning_data(tmp_path), tmp_path / "run", f"data.thinking={mode}")
     losses = [h["loss"] for h in train(cfg).log_history if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    # The run records the mode inference defaults to: each last answer shows its reasoning, unless
+    # the mode drops every block's (README 'Thinking at inference').
+    meta = json.loads((tmp_path / "run" / "qwenvl_ft.json").read_text())
+    shown = 0 if mode == "drop" else 6
+    assert (meta["thinking"], meta["thinking_why"]) == (
+        mode != "drop",
+        f"{shown} of 6 trained samples showed reasoning",
+    )
 
 
 def test_a_family_without_thinking_trains_reasoning_inline_or_drops_it(tiny_model, tmp_path):

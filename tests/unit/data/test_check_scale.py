@@ -1,5 +1,5 @@
 """The data check at scale: workers give the report of one process, byte for byte; the plan and line
-index cost at most 32 bytes a sample (tracemalloc); sharded datasets name their shard in errors."""
+index cost at most 33 bytes a sample (tracemalloc); sharded datasets name their shard in errors."""
 
 from __future__ import annotations
 
@@ -64,9 +64,10 @@ def test_the_report_puts_each_finding_where_a_serial_check_finds_it(bpe_processo
     assert all(w.startswith(str(BAD)) for w in wheres[1:-1])
 
 
-def test_a_plan_and_its_line_index_cost_at_most_32_bytes_a_sample(tmp_path):
-    """What a process holds per sample of a JSONL dataset: the plan row (19 bytes), its position in
-    the epoch's mixed order (4) and the line offset (8); measured by tracemalloc."""
+def test_a_plan_and_its_line_index_cost_at_most_33_bytes_a_sample(tmp_path):
+    """What a process holds per sample of a JSONL dataset: the plan row (20 bytes), its position in
+    the epoch's mixed order (4) and the line offset (8): 32 bytes, plus the objects' fixed overhead;
+    measured by tracemalloc."""
     n = 100_000
     path = tmp_path / "big.jsonl"
     path.write_text('{"messages": []}\n' * n)
@@ -79,8 +80,8 @@ def test_a_plan_and_its_line_index_cost_at_most_32_bytes_a_sample(tmp_path):
     order = select(plan, mix([Source(DatasetSpec(path=str(path)))], seed=0), [n])
     held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
-    assert len(index) == n and len(order) == n and plan.rows.itemsize == 19
-    assert held / n <= 32, f"{held / n:.1f} bytes a sample"
+    assert len(index) == n and len(order) == n and plan.rows.itemsize == 20
+    assert held / n <= 33, f"{held / n:.1f} bytes a sample"
 
 
 def test_a_glob_or_a_folder_of_shards_is_one_dataset(bpe_processor, tmp_path):

@@ -284,3 +284,35 @@ def test_thinking_families_refuse_inline(family):
     record = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
     with pytest.raises(DataError, match=r"data.thinking: inline is for generations without a thinking mode"):
         encode_record(proc, record)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [(None, [1, 0, 0]), ("keep", [1, 1, 0]), ("drop", [0, 0, 0])])
+def test_the_check_marks_the_samples_whose_answers_show_reasoning(family, tmp_path, mode, expected):
+    """The plan's `reasoning` column (how the run was trained: README 'Thinking at inference'): the
+    template shows only the last answer's reasoning, keep every answer's, drop none."""
+    import json
+
+    from qwenvl_ft.config import DatasetSpec
+    from qwenvl_ft.data.check import check_sources
+    from qwenvl_ft.data.sources import Source
+    from qwenvl_ft.training.lifecycle import trained_thinking
+
+    def sample(first: str | None, last: str | None) -> dict:
+        a1, a2 = {"role": "assistant", "content": "A."}, {"role": "assistant", "content": "B."}
+        a1.update({"reasoning_content": first} if first else {})
+        a2.update({"reasoning_content": last} if last else {})
+        return {"messages": [{"role": "user", "content": "Q1"}, a1, {"role": "user", "content": "Q2"}, a2]}
+
+    path = tmp_path / "d.jsonl"
+    records = [sample(None, "Why B."), sample("Why A.", None), sample(None, None)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = check_sources(
+        [Source(DatasetSpec(path=str(path)))], processor_for(family, mode), 512, progress=False
+    )
+    assert report.ok and [item.reasoning for item in report.plan] == expected
+    shown = sum(expected)
+    assert trained_thinking(family, report.plan) == {
+        "thinking": shown >= 2,  # at least half of the 3 samples: on
+        "thinking_why": f"{shown} of 3 trained samples showed reasoning",
+    }
+    assert trained_thinking(get_family("qwen2_5_vl"), report.plan) == {}  # no thinking mode: nothing recorded
