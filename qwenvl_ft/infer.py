@@ -26,6 +26,7 @@ from .data.encode import Encoded
 from .data.prompts import encode_prompt
 from .models import get_family, resolve_family
 from .models.base import ModelFamily
+from .models.capabilities import effort_problem
 from .models.processor import VLProcessor
 from .runs import DTYPES, checkpoint_meta, is_adapter, load_adapter_model, processor_dir, read_run
 
@@ -43,6 +44,16 @@ def check_thinking(family: ModelFamily, thinking: bool | None) -> None:
     if thinking is not None and not family.thinking:
         state = "on" if thinking else "off"
         raise ValueError(f"thinking {state}: {family.title} ({family.name}) has no thinking mode")
+
+
+def run_effort(family: ModelFamily, asked: str | None, meta: dict) -> str | None:
+    """The reasoning effort to prompt with: the one asked for, else the run's (its qwenvl_ft.json,
+    from `data.reasoning_effort`), else None: the template's default. ValueError, naming the family,
+    for an effort it does not take or a generation without one."""
+    problem = effort_problem(family, asked, "--reasoning-effort")
+    if problem:
+        raise ValueError(problem)
+    return asked if asked is not None or not family.reasoning_efforts else meta.get("reasoning_effort")
 
 
 def run_thinking(family: ModelFamily, asked: bool | None, meta: dict) -> bool | None:
@@ -76,7 +87,11 @@ class Predictor:
         if self.trained is None or self.thinking is None:
             return None
         state, other = ("on", "off") if self.thinking else ("off", "on")
-        return f"thinking {state}, as the run was trained ({self.trained}); --thinking {other} overrides"
+        effort = self.processor.reasoning_effort
+        effort = f", reasoning effort {effort}" if effort and self.thinking else ""
+        return (
+            f"thinking {state}{effort}, as the run was trained ({self.trained}); --thinking {other} overrides"
+        )
 
     @classmethod
     def load(
@@ -86,8 +101,12 @@ class Predictor:
         device: str | None = None,
         base: str | Path | None = None,
         thinking: bool | None = None,
+        reasoning_effort: str | None = None,
     ) -> Predictor:
-        """A base, merged or fully fine-tuned checkpoint directory, or a LoRA run / checkpoint directory."""
+        """A base, merged or fully fine-tuned checkpoint directory, or a LoRA run / checkpoint directory.
+
+        thinking, reasoning_effort: None gives the mode the run was trained in (README 'Thinking at
+        inference'), else the template's default."""
         path = Path(path)
         torch_dtype = DTYPES[dtype]
         asked = thinking
@@ -95,6 +114,7 @@ class Predictor:
             meta = read_run(path)
             family = get_family(meta["family"])
             thinking = run_thinking(family, asked, meta)  # refused before the weights load
+            effort = run_effort(family, reasoning_effort, meta)
             base_path = Path(base or meta["base_model"])
             model = load_adapter_model(path, base_path, family, torch_dtype)
             processor = family.load_processor(str(processor_dir(path, base_path)))
@@ -102,9 +122,11 @@ class Predictor:
             meta = checkpoint_meta(path)
             family = resolve_family(str(path), None)
             thinking = run_thinking(family, asked, meta)
+            effort = run_effort(family, reasoning_effort, meta)
             model = family.load_model(str(path), dtype=torch_dtype)
             processor = family.load_processor(str(path))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        processor.reasoning_effort = effort
         trained = meta.get("thinking_why") if asked is None and thinking is not None else None
         return cls(model.to(device).eval(), processor, family, thinking, trained)
 

@@ -26,7 +26,17 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 NOT_PINNED = {"torch"}
 # Libraries whose internals we use (cache API, rope index, processors, tuner layers, ZeRO hooks,
 # quantized layers): each has an upper bound at the newest tested release and a tested lower bound.
-REACHED_INTO = {"transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "gptqmodel", "optimum", "gradio", "trl"}
+REACHED_INTO = {
+    "transformers",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "bitsandbytes",
+    "gptqmodel",
+    "optimum",
+    "gradio",
+    "trl",
+}
 
 
 def requirement_lines(mode: str, extras: list[str]) -> list[str]:

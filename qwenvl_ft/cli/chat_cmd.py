@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict_cmd import add_thinking_argument, say_thinking
+from .predict_cmd import add_thinking_argument, load_predictor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,10 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..chat import Chat
-    from ..infer import Predictor
 
-    predictor = Predictor.load(args.model, dtype=args.dtype, base=args.base, thinking=args.thinking)
-    say_thinking(predictor)
+    predictor = load_predictor(args, args.model)
     chat = Chat(predictor, args.system, args.max_new_tokens)
     pending = list(args.image)
     print("qwenvl-ft chat: /image PATH, /boxes OUT.png, /reset, /quit")

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 
 from ..config import DatasetSpec, VideoConfig
-from ..config.schema import DataFormat, Thinking
+from ..config.schema import DataFormat, ReasoningEffort, Thinking
 from ..models import FAMILIES, get_family, resolve_family
+from ..models.capabilities import effort_problem
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--thinking", choices=list(Thinking.__args__), help="how reasoning is rendered (recipe data.thinking)"
+    )
+    c.add_argument(
+        "--reasoning-effort",
+        choices=list(ReasoningEffort.__args__),
+        help="the template's reasoning_effort (Qwen3.8; recipe data.reasoning_effort)",
     )
     c.add_argument(
         "--special-text",
@@ -140,6 +146,10 @@ def check(args: argparse.Namespace) -> int:
     )
     processor.video_config.validate()
     processor.thinking = args.thinking
+    problem = effort_problem(processor.family, args.reasoning_effort, "--reasoning-effort")
+    if problem:
+        raise SystemExit(f"data check: {problem}")
+    processor.reasoning_effort = args.reasoning_effort
     processor.special_text = args.special_text
     specs = [DatasetSpec(path=p, format=args.format, image_root=args.image_root) for p in args.data]
     cache = None if args.no_cache else CACHE_DIR

@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from ..infer import check_thinking
 
     _gradio()  # a missing extra is said before minutes of model loading
-    models = load_models(args.model, args.compare, args.dtype, args.base, args.device, args.max_pixels)
+    models = load_models(
+        args.model, args.compare, args.dtype, args.base, args.device, args.max_pixels, args.reasoning_effort
+    )
     if args.thinking is not None and not any(m.predictor.family.thinking for m in models):
         check_thinking(models[0].predictor.family, args.thinking)  # refused by name
     for m in models:

@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from .predict_cmd import add_thinking_argument, say_thinking
+from .predict_cmd import add_thinking_argument, load_predictor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             # A fresh file unless asked: `predict` resumes, and stale answers must not be scored.
             preds = Path(args.predictions) if args.predictions else Path(tmp) / "predictions.jsonl"
             report = score(read_predictions(_predict(args, source, preds)), args.task)
-    elif args.data or args.thinking is not None:
-        flag = "--data" if args.data else "--thinking"
+    elif args.data or args.thinking is not None or args.reasoning_effort is not None:
+        flag = "--data" if args.data else "--thinking" if args.thinking is not None else "--reasoning-effort"
         raise SystemExit(f"eval: {source} is a predictions file; {flag} is only for a model directory")
     else:
         report = score(read_predictions(source), args.task)
@@ -74,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace, model: Path, out: Path) -> Path:
-    from ..infer import Predictor
     from ..predict import predict
 
-    predictor = Predictor.load(str(model), dtype=args.dtype, base=args.base, thinking=args.thinking)
-    say_thinking(predictor)
+    predictor = load_predictor(args, str(model))
     return Path(predict(predictor, args.data, str(out), args.max_new_tokens, args.batch_size, args.limit))

@@ -40,13 +40,30 @@ def add_thinking_argument(p: argparse.ArgumentParser) -> None:
         help="thinking mode of generations that have one (default: the mode the run was trained in, else the "
         "template's); refused by the others",
     )
+    p.add_argument(
+        "--reasoning-effort",
+        metavar="LEVEL",
+        help="the template's reasoning_effort on generations that have one (Qwen3.8: xhigh, medium, low; "
+        "default: the run's data.reasoning_effort, else the template's xhigh); refused by the others",
+    )
 
 
-def say_thinking(predictor) -> None:
-    """One line when the thinking mode came from how the run was trained, not from --thinking."""
+def load_predictor(args: argparse.Namespace, model: str):
+    """The command's model with its --dtype, --base, --thinking and --reasoning-effort; one line when
+    the thinking mode came from how the run was trained, not from a flag."""
+    from ..infer import Predictor
+
+    predictor = Predictor.load(
+        model,
+        dtype=args.dtype,
+        base=args.base,
+        thinking=args.thinking,
+        reasoning_effort=args.reasoning_effort,
+    )
     line = predictor.thinking_line()
     if line:
         print(line)
+    return predictor
 
 
 def _on_off(value: str) -> bool:
@@ -56,11 +73,9 @@ def _on_off(value: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..infer import Predictor
     from ..predict import predict
 
-    predictor = Predictor.load(args.model, dtype=args.dtype, base=args.base, thinking=args.thinking)
-    say_thinking(predictor)
+    predictor = load_predictor(args, args.model)
     out = predict(predictor, args.data, args.output, args.max_new_tokens, args.batch_size, args.limit)
     print(f"predictions: {out}")
     return 0

@@ -15,6 +15,7 @@ from typing import Literal
 Dtype = Literal["bf16", "fp16", "fp32"]
 DataFormat = Literal["auto", "qwen_vl", "llava", "messages", "openai"]
 Thinking = Literal["template", "drop_earlier", "keep", "drop", "inline"]
+ReasoningEffort = Literal["xhigh", "medium", "low"]
 
 
 class ConfigError(ValueError):
@@ -184,6 +185,10 @@ class DataConfig:
     is prompt, as at inference with thinking off. inline (generations without a thinking mode): the
     reasoning is plain text opening the answer, exactly as the data wrote it (R1-style answers).
     None: template on thinking generations, inline on the others."""
+    reasoning_effort: ReasoningEffort | None = None
+    """The template's `reasoning_effort` on generations that have one (Qwen3.8: xhigh, medium, low),
+    whose instruction opens the system turn of every sample that shows reasoning; recorded in the run,
+    and inference defaults to it. None: the template's default (xhigh). Refused on other generations."""
 
     def validate(self) -> None:
         if not self.train:

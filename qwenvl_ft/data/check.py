@@ -112,8 +112,11 @@ def check_sample(
     supervise: str,
     allow_urls: bool,
     decode: bool,
+    thinking: bool | None = None,
 ) -> SampleCheck:
-    """Problems, exact length and the drop / truncate decision for one conversation."""
+    """Problems, exact length and the drop / truncate decision for one conversation.
+
+    thinking: the system turn's thinking mode on generations with a reasoning effort (`render`)."""
     problems = structure_problems(conv)
     sizes: list[Size] = []
     clips: list[VideoClip] = []
@@ -138,7 +141,7 @@ def check_sample(
         problems += [p for s in turn.segments if s.kind == "box" for p in box_problems(s.value, sizes)]
     if problems:
         return SampleCheck(problems)
-    length, supervised = _length(conv, processor, sizes, supervise, clips)
+    length, supervised = _length(conv, processor, sizes, supervise, clips, thinking)
     if not supervised:
         return SampleCheck(["no token is supervised (check data.supervise and the assistant turns)"])
     if length <= max_length:
@@ -153,7 +156,7 @@ def check_sample(
                 part = Conversation(conv.id, conv.turns[:k])
                 n_img = sum(seg.kind == "image" for t in part.turns for seg in t.segments)
                 n_vid = sum(seg.kind == "video" for t in part.turns for seg in t.segments)
-                kept = _length(part, processor, sizes, supervise, clips[:n_vid])[0]
+                kept = _length(part, processor, sizes, supervise, clips[:n_vid], thinking)[0]
                 if kept <= max_length:
                     thinks = _shows_reasoning(part, processor)
                     return SampleCheck([], length, k, kept, n_img, clips[:n_vid], thinks)
@@ -166,9 +169,14 @@ def _shows_reasoning(conv: Conversation, processor: VLProcessor) -> bool:
 
 
 def _length(
-    conv: Conversation, processor: VLProcessor, sizes: list[Size], supervise: str, clips: list[VideoClip]
+    conv: Conversation,
+    processor: VLProcessor,
+    sizes: list[Size],
+    supervise: str,
+    clips: list[VideoClip],
+    thinking: bool | None = None,
 ) -> tuple[int, int]:
-    ids, labels, _ = tokenize(render(conv, processor, sizes, supervise, clips), processor.tokenizer)
+    ids, labels, _ = tokenize(render(conv, processor, sizes, supervise, clips, thinking), processor.tokenizer)
     return len(ids), sum(lab != IGNORE for lab in labels)
 
 

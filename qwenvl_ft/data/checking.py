@@ -245,6 +245,7 @@ def _cache_dir(
                 processor.max_pixels,
                 asdict(processor.video_config) if processor.video_config is not None else None,
                 processor.thinking,
+                getattr(processor, "reasoning_effort", None),
                 getattr(processor, "special_text", "error"),
                 __version__,
             ],

@@ -73,18 +73,26 @@ def render(
     images: list[Image.Image],
     supervise: Literal["all_assistant", "last_assistant", "original_qwen_vl"] = "all_assistant",
     videos: list[VideoClip] = (),
+    thinking: bool | None = None,
 ) -> list[Piece]:
-    """The conversation as pieces in the family's chat format; `images` and `videos` in order."""
+    """The conversation as pieces in the family's chat format; `images` and `videos` in order.
+
+    thinking: the template's `enable_thinking` for the system turn of generations with a reasoning
+    effort (Qwen3.8 writes its instruction only while thinking is on); None: on when a think block
+    shows reasoning (`effort_instruction`)."""
     chat = processor.family.chat
     turns = list(conv.turns)
     last_assistant = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=-1)
     shown = shown_reasoning(conv, processor)
+    instruction = effort_instruction(processor, shown, thinking)
     pieces: list[Piece] = []
     frame = supervise == "original_qwen_vl"  # the ChatML frame tokens are targets too
-    if chat.default_system is not None and (not turns or turns[0].role != "system"):
+    has_system = bool(turns) and turns[0].role == "system"
+    default_system = chat.default_system if instruction is None else instruction or None
+    if default_system is not None and not has_system:
         pieces += [
             Piece(chat.im_start, frame, True),
-            Piece(f"system\n{chat.default_system}", False),
+            Piece(f"system\n{default_system}", False),
             Piece(chat.im_end, frame, True),
             Piece("\n", frame),
         ]
@@ -93,7 +101,13 @@ def render(
         sup = turn.role == "assistant" and (supervise != "last_assistant" or i == last_assistant)
         where = f"turn {i + 1} ({turn.role})"
         data = partial(data_piece, processor=processor, where=where)
-        pieces += [Piece(chat.im_start, frame, True), Piece(f"{turn.role}\n", False)]
+        head = []  # our text before the turn's content: the reasoning effort's at the system turn
+        if i == 0 and has_system and instruction is not None:
+            text = "".join(str(s.value) for s in turn.segments if s.kind == "text").strip()
+            if not text and not instruction:  # the template writes no empty system turn
+                continue
+            head = [Piece(instruction + ("\n\n" if text else ""), False)] if instruction else []
+        pieces += [Piece(chat.im_start, frame, True), Piece(f"{turn.role}\n", False), *head]
         if shown[i] is not None:
             block, shown_sup = chat.think.block(shown[i]), sup and bool(shown[i])
             head, _, tail = block.partition(shown[i]) if shown[i] else (block, "", "")
@@ -145,6 +159,21 @@ def render(
             _trim(pieces, content_start)
         pieces += [Piece(chat.im_end, sup or frame, True), Piece("\n", frame)]
     return pieces
+
+
+def effort_instruction(processor: VLProcessor, shown: list[str | None], thinking: bool | None) -> str | None:
+    """The reasoning-effort text opening the system turn, "" for none; None for generations without a
+    reasoning effort (their system turn is the data's or the template's default).
+
+    The template writes it only while thinking is on. Training renders each sample as inference asks
+    the mode that produces it (README 'Thinking at inference'): a sample whose think blocks show
+    reasoning with thinking on, one whose blocks are all empty as with `enable_thinking=false`."""
+    family = processor.family
+    if not family.reasoning_efforts:
+        return None
+    if thinking is None:
+        thinking = any(shown)
+    return family.effort_instruction(processor.reasoning_effort) if thinking else ""
 
 
 def data_piece(

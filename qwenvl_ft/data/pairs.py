@@ -42,7 +42,7 @@ from .check import check_sample
 from .checking import CheckReport, Outcome, Problem, check_datasets, check_split, error_message
 from .clips import load_clip, plan_clip
 from .conversation import Conversation
-from .encode import IGNORE, render, tokenize
+from .encode import IGNORE, render, shown_reasoning, tokenize
 from .images import load_for
 from .plan import PAIR_ROW, PairItem, Plan, row  # noqa: F401  (PairItem: where it was)
 from .readers import DataError, detect_format, to_conversation
@@ -212,9 +212,17 @@ class PairRules:
     def check(self, source: PairSource, s: int, i: int, processor: VLProcessor) -> Outcome:
         try:
             pair = source.pair(i)
+            thinking = pair_thinking(pair, processor)
             checks = [  # the same images: decoded once, with the chosen answer
                 check_sample(
-                    conv, processor, self.max_length, "drop", "last_assistant", self.allow_urls, decode
+                    conv,
+                    processor,
+                    self.max_length,
+                    "drop",
+                    "last_assistant",
+                    self.allow_urls,
+                    decode,
+                    thinking,
                 )
                 for conv, decode in ((pair.chosen, True), (pair.rejected, False))
             ]
@@ -246,8 +254,9 @@ def encode_pair(pair: Pair, processor: VLProcessor, images: list, videos: list =
     """The prompt's tokens and media once, each answer's tokens and labels after it."""
     import torch
 
+    thinking = pair_thinking(pair, processor)
     (c_ids, c_labels, c_types), (r_ids, r_labels, _) = (
-        tokenize(render(conv, processor, images, "last_assistant", videos), processor.tokenizer)
+        tokenize(render(conv, processor, images, "last_assistant", videos, thinking), processor.tokenizer)
         for conv in (pair.chosen, pair.rejected)
     )
     # The prompt ends where the first answer token is supervised; both encodings share it exactly.
@@ -269,6 +278,14 @@ def encode_pair(pair: Pair, processor: VLProcessor, images: list, videos: list =
         r_labels[start:],
         media,
     )
+
+
+def pair_thinking(pair: Pair, processor: VLProcessor) -> bool | None:
+    """Both answers' system turn on generations with a reasoning effort (`encode.effort_instruction`):
+    thinking on when either answer shows reasoning, so that they share one prompt; None elsewhere."""
+    if not processor.family.reasoning_efforts:
+        return None
+    return any(any(shown_reasoning(conv, processor)) for conv in (pair.chosen, pair.rejected))
 
 
 def load_and_encode(pair: Pair, processor: VLProcessor, allow_urls: bool = False) -> EncodedPair:

@@ -35,7 +35,8 @@ def prompt_pieces(
 
     images: decoded images, or sizes alone (`check.Size`) where only the token count matters."""
     family = processor.family
-    return render(conv, processor, images, videos=videos) + [
+    # The template's default (None) thinks: its system turn is written as with thinking on.
+    return render(conv, processor, images, videos=videos, thinking=thinking is not False) + [
         Piece(family.chat.im_start, False, True),
         Piece(family.generation_prompt(thinking), False),
     ]

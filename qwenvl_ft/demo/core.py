@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..chat import Chat
 from ..data.images import ImageError, load_image
 from ..infer import Predictor
+from ..models.base import ModelFamily
 
 log = logging.getLogger("qwenvl_ft.demo")
 
@@ -53,15 +54,35 @@ def load_models(
     base: str | None = None,
     device: str | None = None,
     max_pixels: int | None = None,
+    reasoning_effort: str | None = None,
 ) -> list[DemoModel]:
-    """The model or run (and the one to compare it with), loaded as `predict` loads them."""
+    """The model or run (and the one to compare it with), loaded as `predict` loads them.
+
+    reasoning_effort: for the models whose generation has one; refused by name when none does."""
+    from ..models.capabilities import effort_problem
+
+    paths = [model] + ([compare] if compare else [])
+    families = [_family_of(p) for p in paths]
+    if reasoning_effort is not None and not any(f.reasoning_efforts for f in families):
+        raise ValueError(effort_problem(families[0], reasoning_effort, "--reasoning-effort"))
     models = []
-    for path in [model] + ([compare] if compare else []):
-        predictor = Predictor.load(path, dtype=dtype, device=device, base=base if path == model else None)
+    for path, family in zip(paths, families, strict=True):
+        effort = reasoning_effort if family.reasoning_efforts else None
+        predictor = Predictor.load(
+            path, dtype=dtype, device=device, base=base if path == model else None, reasoning_effort=effort
+        )
         if max_pixels:
             predictor.processor.set_pixel_range(None, max_pixels)
         models.append(DemoModel(f"{path} ({predictor.family.title})", predictor))
     return models
+
+
+def _family_of(path: str) -> ModelFamily:
+    """The generation of a run (as it recorded) or a checkpoint (detected), before loading it."""
+    from ..models import get_family, resolve_family
+    from ..runs import is_adapter, read_run
+
+    return get_family(read_run(path)["family"]) if is_adapter(path) else resolve_family(path)
 
 
 def classify_upload(path: str | Path, takes_video: bool) -> tuple[str, Image.Image | str]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from transformers import PretrainedConfig, PreTrainedModel
 
@@ -262,6 +264,10 @@ class ModelFamily:
     sample boundary, which `isolate_packed_samples` installs on the model."""
     thinking: ClassVar[bool] = False
     """The official template writes `<think>` reasoning blocks (thinking on/off and reasoning in data)."""
+    reasoning_efforts: ClassVar[tuple[str, ...]] = ()
+    """Values of the official template's `reasoning_effort` (the first is its default), which writes
+    `effort_instruction` at the head of the system turn while thinking is on (Qwen3.8); empty: the
+    generation has none, and `data.reasoning_effort` / `--reasoning-effort` are refused by name."""
     kept_tensors: ClassVar[tuple[str, ...]] = ()
     """Name prefixes of checkpoint tensors that transformers drops on load (its model class's
     `_keys_to_ignore_on_load_unexpected`) but a server may still use, e.g. multi-token-prediction
@@ -371,6 +377,15 @@ class ModelFamily:
         if thinking is not None and not self.thinking:
             raise ValueError(f"{self.title} has no thinking mode; leave thinking unset")
         return "assistant\n"
+
+    def effort_instruction(self, effort: str | None) -> str:
+        """The system text the template writes for `effort` (None: its default) while thinking is on."""
+        raise ValueError(f"{self.title} ({self.name}) has no reasoning effort")
+
+    def recognizes(self, model_dir: Path) -> bool:
+        """Whether a checkpoint of one of `model_types` is this generation rather than another
+        registered under the same model_type (detection; default: the first registered claims it)."""
+        return True
 
     # -- positions (packing) ------------------------------------------------------------------
     def isolate_packed_samples(self, model: torch.nn.Module) -> None:

@@ -35,9 +35,22 @@ def check_capabilities(family: ModelFamily, cfg: RecipeConfig) -> None:
 
 
 def _thinking(family: ModelFamily, cfg: RecipeConfig) -> None:
-    problem = thinking_mode_problem(family, cfg.data.thinking)
+    problem = thinking_mode_problem(family, cfg.data.thinking) or effort_problem(
+        family, cfg.data.reasoning_effort, "data.reasoning_effort"
+    )
     if problem:
         raise ConfigError(problem)
+
+
+def effort_problem(family: ModelFamily, effort: str | None, what: str) -> str | None:
+    """Why `effort` cannot be asked of `family` (`what` names the setting), or None when it can."""
+    if effort is None:
+        return None
+    if not family.reasoning_efforts:
+        return f"{what}: {effort}, but {family.title} ({family.name}) has no reasoning effort (Qwen3.8 has)"
+    if effort not in family.reasoning_efforts:
+        return f"{what}: {effort}, but {family.title} takes {', '.join(family.reasoning_efforts)}"
+    return None
 
 
 def thinking_mode_problem(family: ModelFamily, mode: str | None) -> str | None:

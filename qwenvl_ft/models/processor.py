@@ -53,6 +53,9 @@ class VLProcessor:
     """The recipe's `data.video` (frame sampling and budgets); None: the generation's published rules."""
     thinking: str | None = None
     """The recipe's `data.thinking` (how reasoning is rendered); None: the official template's way."""
+    reasoning_effort: str | None = None
+    """The template's `reasoning_effort` (generations that have one): the recipe's
+    `data.reasoning_effort` in training, `--reasoning-effort` or the run's at inference; None: its default."""
     image_decode: Literal["draft", "exact"] = "exact"
     """The recipe's `data.image_decode`: how `data.images.load_for` decodes JPEGs larger than the resize target."""
     special_text: Literal["error", "escape"] = "error"

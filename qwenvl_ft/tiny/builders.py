@@ -359,6 +359,7 @@ BUILDERS: dict[str, type[TinyBuilder]] = {
     "qwen3_vl_moe": Qwen3VLMoeTiny,
     "qwen3_5": Qwen3_5Tiny,
     "qwen3_5_moe": Qwen3_5MoeTiny,
+    "qwen3_8": Qwen3_5Tiny,  # Qwen3.5's architecture; the template (the family's) is Qwen3.8's own
 }
 
 

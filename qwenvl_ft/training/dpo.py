@@ -178,6 +178,6 @@ class DPOTrainer(VLTrainer):
 METHOD = Method(
     "dpo",
     run_dpo,
-    honours=("data.group_by_length", "data.thinking", "dpo.*"),
+    honours=("data.group_by_length", "data.thinking", "data.reasoning_effort", "dpo.*"),
     summary="chosen / rejected answer pairs",
 )

@@ -412,6 +412,7 @@ METHOD = Method(
         "eval.max_new_tokens",
         "eval.limit",
         "eval.batch_size",
+        "data.reasoning_effort",
         "grpo.*",
     ),
     summary="answers sampled per prompt, scored by rewards",

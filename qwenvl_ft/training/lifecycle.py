@@ -81,6 +81,7 @@ def start(cfg: RecipeConfig) -> Run:
     processor = family.load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
     processor.video_config = cfg.data.video
     processor.thinking = cfg.data.thinking
+    processor.reasoning_effort = cfg.data.reasoning_effort
     processor.image_decode = cfg.data.image_decode
     processor.special_text = cfg.data.special_text
     # Before the data check: under torchrun this starts the process group, so that one rank per node
@@ -109,7 +110,10 @@ def build_policy(run: Run, what: str, reference: str | None = None) -> Policy:
         + ", trainable parameters:\n"
         + trainable_table(model, family.paths)
     )
-    return Policy(model, is_base, metadata(cfg, family.name, is_base), sp)
+    meta = metadata(cfg, family.name, is_base)
+    if family.reasoning_efforts:  # what inference asks by default (README 'Thinking at inference')
+        meta["reasoning_effort"] = cfg.data.reasoning_effort or family.reasoning_efforts[0]
+    return Policy(model, is_base, meta, sp)
 
 
 def trained_thinking(family: ModelFamily, plan) -> dict:

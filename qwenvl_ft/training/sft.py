@@ -85,6 +85,7 @@ METHOD = Method(
         "data.pack_length",
         "data.group_by_length",
         "data.thinking",
+        "data.reasoning_effort",
         "train.loss",
         "train.liger",
         "train.sequence_parallel",

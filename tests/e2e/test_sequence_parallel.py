@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from family_facts import registered
+from family_facts import FACTS, registered
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -32,7 +32,13 @@ from qwenvl_ft.models import get_family
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data/demo/demo.jsonl"
 WRONG = "qwen2_5_vl"
-SP_FAMILIES = [name for name in registered() if get_family(name).sequence_parallel]
+# A family whose architecture another one runs here (family_facts slow_e2e "sequence_parallel") is left out.
+SP_FAMILIES = [
+    name
+    for name in registered()
+    if get_family(name).sequence_parallel
+    and "sequence_parallel" not in getattr(FACTS.get(name), "slow_e2e", ())
+]
 
 
 def run_worker(work: Path, nproc: int, *args: str) -> dict:

@@ -48,7 +48,10 @@ def test_the_tiny_checkpoint_encodes_as_its_own_template(tiny_model, tmp_path, n
     conv = to_conversation({"messages": MESSAGES}, "d.jsonl:1", "openai", tmp_path)
     conv.turns[0].segments[0].value = RED
     n = proc.image_tokens(64, 64)
-    official = tok.apply_chat_template(MESSAGES, tokenize=False)
+    # Qwen3.8's template reads reasoning from reasoning_content only; our readers (as ms-swift's
+    # qwen3_8 template) take the leading <think> block of the content as that field.
+    fields = MESSAGES[:3] + [{"role": "assistant", "reasoning_content": "Still red.", "content": "Yes."}]
+    official = tok.apply_chat_template(fields if family.reasoning_efforts else MESSAGES, tokenize=False)
     assert (
         encode(conv, proc, [RED]).input_ids
         == tok(expanded(official, family, n), add_special_tokens=False)["input_ids"]

@@ -128,3 +128,68 @@ def test_a_merged_model_keeps_the_runs_mode(runs, tiny_model, tmp_path):
     conv = to_conversation({"messages": [QUESTION]}, "q", "openai", data.parent)
     n = predictor.processor.image_tokens(64, 64)
     assert predictor.prompt(conv, [red]).input_ids == official_prompt(tiny_model("qwen3_5"), False, n)
+
+
+@pytest.fixture(scope="module")
+def effort_run(tiny_model, tmp_path_factory):
+    """The tiny Qwen3.8 trained 2 LoRA steps on answers with reasoning at data.reasoning_effort: low."""
+    folder = tmp_path_factory.mktemp("effort")
+    data = write_data(folder, reasoning=True)
+    cfg = load_recipe(
+        REPO / "recipes/tiny/qwen3_8_lora.yaml",
+        [
+            f"model.path={tiny_model('qwen3_8')}",
+            f"output.dir={folder / 'run'}",
+            f"data.train=[{{path: {data}}}]",
+            "data.num_workers=0",
+            "data.reasoning_effort=low",
+            "train.max_steps=2",
+            "train.save_steps=1000",
+        ],
+    )
+    train(cfg)
+    return folder / "run", data
+
+
+def test_a_qwen3_8_run_is_asked_at_the_effort_it_was_trained_at(effort_run, tiny_model):
+    run, data = effort_run
+    meta = json.loads((run / "qwenvl_ft.json").read_text())
+    assert (meta["family"], meta["reasoning_effort"], meta["thinking"]) == ("qwen3_8", "low", True)
+    red = Image.open(data.parent / "red.png")
+    conv = to_conversation({"messages": [QUESTION]}, "q", "openai", data.parent)
+    tok = AutoTokenizer.from_pretrained(tiny_model("qwen3_8"))
+    texts = []
+    for asked, effort in ((None, "low"), ("medium", "medium")):  # an explicit effort wins
+        predictor = Predictor.load(run, dtype="fp32", reasoning_effort=asked)
+        n = predictor.processor.image_tokens(64, 64)
+        text = tok.apply_chat_template(
+            [QUESTION], tokenize=False, add_generation_prompt=True, reasoning_effort=effort
+        )
+        texts.append(text)
+        expected = tok(text.replace("<|image_pad|>", "<|image_pad|>" * n), add_special_tokens=False)[
+            "input_ids"
+        ]
+        assert predictor.prompt(conv, [red]).input_ids == expected
+    assert "Reasoning effort is set to low." in texts[0] and "Reasoning effort" not in texts[1]
+    line = Predictor.load(run, dtype="fp32").thinking_line()
+    assert line.startswith(
+        "thinking on, reasoning effort low, as the run was trained (4 of 4 trained samples"
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "effort", "message"),
+    [
+        ("qwen2_5_vl", "low", "--reasoning-effort: low, but Qwen2.5-VL (qwen2_5_vl) has no reasoning effort"),
+        ("qwen3_5", "low", "--reasoning-effort: low, but Qwen3.5 (qwen3_5) has no reasoning effort"),
+        ("qwen3_8", "high", "--reasoning-effort: high, but Qwen3.8 takes xhigh, medium, low"),
+    ],
+)
+def test_the_effort_flag_is_refused_by_name_before_weights_load(
+    tiny_model, tmp_path, capsys, family, effort, message
+):
+    data = write_data(tmp_path, reasoning=False)
+    args = ["predict", str(tiny_model(family)), str(data), "--output", str(tmp_path / "p.jsonl")]
+    assert main([*args, "--reasoning-effort", effort]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()

@@ -37,7 +37,7 @@ def test_facts_agree_with_what_the_family_declares():
         assert facts.standin_vision == standin, name
         assert set(facts.published_totals) == set(family.published_sizes.values()), name
         assert facts.e2e_module is None or (E2E / facts.e2e_module).is_file(), name
-        assert facts.slow_e2e <= {"packed_run", "video", "merge"}, name
+        assert facts.slow_e2e <= {"packed_run", "video", "merge", "train", "sequence_parallel"}, name
         assert (facts.video_clip is None) == (family.video is None), name
 
 

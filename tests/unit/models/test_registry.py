@@ -10,10 +10,12 @@ from family_facts import registered
 from qwenvl_ft.models import FAMILIES, detect_family, get_family, resolve_family
 
 
-def checkpoint(tmp_path, dirname: str, model_type: str):
+def checkpoint(tmp_path, dirname: str, model_type: str, template: str | None = None):
     path = tmp_path / dirname
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    if template is not None:
+        (path / "chat_template.jinja").write_text(template)
     return path
 
 
@@ -33,9 +35,12 @@ def test_detect_from_model_type(tmp_path, model_type, family):
 
 @pytest.mark.parametrize("name", registered())
 def test_every_declared_model_type_detects_its_own_family(tmp_path, name):
-    """No two families claim one model_type: detection finds each declared one's owner."""
-    for model_type in FAMILIES[name].model_types:
-        assert detect_family(checkpoint(tmp_path, model_type, model_type)) is FAMILIES[name]
+    """Detection finds each declared model_type's owner; where generations share one (Qwen3.5 and
+    Qwen3.8), the checkpoint's own chat template (the family's) tells them apart."""
+    family = FAMILIES[name]
+    for model_type in family.model_types:
+        path = checkpoint(tmp_path, model_type, model_type, family.chat_template)
+        assert detect_family(path) is family
 
 
 def test_directory_name_is_ignored(tmp_path):
@@ -70,3 +75,26 @@ def test_every_family_declares_its_facts():
         assert family.chat.image_pad in family.special_tokens
         assert family.paths.vision not in family.paths.language
         assert "visual" not in family.lora_target_regex
+
+
+def test_qwen3_8_is_told_from_qwen3_5_by_its_template_alone(tmp_path):
+    """config.json is the same (model_type qwen3_5); the template that takes reasoning_effort is 3.8's,
+    in chat_template.jinja or tokenizer_config.json; without one the checkpoint is taken for Qwen3.5,
+    whatever the directory is called, and a recipe naming qwen3_8 is believed."""
+    effort = "{%- set e = reasoning_effort|default('xhigh') %}"
+    assert detect_family(checkpoint(tmp_path, "a", "qwen3_5", effort)).name == "qwen3_8"
+    config = checkpoint(tmp_path, "b", "qwen3_5")
+    (config / "tokenizer_config.json").write_text(json.dumps({"chat_template": effort}))
+    assert detect_family(config).name == "qwen3_8"
+    bare = checkpoint(tmp_path, "Qwen3.8-27B", "qwen3_5")
+    assert detect_family(bare).name == "qwen3_5"
+    assert resolve_family(bare, "qwen3_8").name == "qwen3_8"
+    assert detect_family(checkpoint(tmp_path, "c", "qwen3_5", "{{ messages }}")).name == "qwen3_5"
+
+
+def test_a_qwen3_8_template_on_the_moe_architecture_is_refused_by_name(tmp_path):
+    path = checkpoint(tmp_path, "moe", "qwen3_5_moe", "{{ reasoning_effort }}")
+    with pytest.raises(
+        ValueError, match=r"takes reasoning_effort \(Qwen3.8's\), which Qwen3.5-MoE \(qwen3_5_moe\)"
+    ):
+        detect_family(path)
