@@ -67,6 +67,35 @@ def run_thinking(family: ModelFamily, asked: bool | None, meta: dict) -> bool | 
     return meta.get("thinking")
 
 
+def left_padded(prompts: list[Encoded], pad: int, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Encoded inputs as one left-padded batch (each ends at the last column: where generation starts,
+    where the retrieval models read their last token), media concatenated, on `model`'s device and
+    in its dtype."""
+    longest = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    types = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        n = len(p.input_ids)
+        ids[row, longest - n :] = torch.tensor(p.input_ids)
+        mask[row, longest - n :] = 1
+        types[row, longest - n :] = torch.tensor(p.mm_token_type_ids)
+    param = next(model.parameters())
+    device = param.device
+    batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
+    with_images = [p for p in prompts if p.pixel_values is not None]
+    if with_images:
+        batch["pixel_values"] = torch.cat([p.pixel_values for p in with_images])
+        if with_images[0].image_grid_thw is not None:
+            batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in with_images])
+    for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        values = [getattr(p, key) for p in prompts if getattr(p, key) is not None]
+        if values:
+            batch[key] = torch.cat(values)
+    dtype = param.dtype
+    return {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
+
+
 @dataclass
 class Predictor:
     model: torch.nn.Module
@@ -180,30 +209,7 @@ class Predictor:
     def batch(self, prompts: list[Encoded], model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
         """Encoded prompts as one left-padded batch (every prompt ends where generation starts) on the
         device and in the dtype of `model` (default: this predictor's)."""
-        pad = self.processor.tokenizer.pad_token_id
-        longest = max(len(p.input_ids) for p in prompts)
-        ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        types = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):
-            n = len(p.input_ids)
-            ids[row, longest - n :] = torch.tensor(p.input_ids)
-            mask[row, longest - n :] = 1
-            types[row, longest - n :] = torch.tensor(p.mm_token_type_ids)
-        param = next((model or self.model).parameters())
-        device = param.device
-        batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
-        with_images = [p for p in prompts if p.pixel_values is not None]
-        if with_images:
-            batch["pixel_values"] = torch.cat([p.pixel_values for p in with_images])
-            if with_images[0].image_grid_thw is not None:
-                batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in with_images])
-        for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
-            values = [getattr(p, key) for p in prompts if getattr(p, key) is not None]
-            if values:
-                batch[key] = torch.cat(values)
-        dtype = param.dtype
-        return {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
+        return left_padded(prompts, self.processor.tokenizer.pad_token_id, model or self.model)
 
     def stop_ids(self) -> list[int]:
         """The ids of the family's stop tokens: generation ends at the first."""

@@ -26,6 +26,11 @@ PAIR_ROW = np.dtype(
      ("images", "<u2"), ("videos", "u1"), ("video_frames", "<u4"), ("reasoning", "u1")]
 )  # fmt: skip
 
+RETRIEVAL_ROW = np.dtype(
+    [("source", "<u2"), ("index", "<u4"), ("length", "<u4"), ("items", "<u2"),
+     ("images", "<u2"), ("videos", "u1"), ("video_frames", "<u4")]
+)  # fmt: skip
+
 
 @dataclass
 class PlanItem:
@@ -64,7 +69,22 @@ class PairItem:
         return max(self.chosen_length, self.rejected_length)
 
 
-ITEMS = {SAMPLE_ROW: PlanItem, PAIR_ROW: PairItem}
+@dataclass
+class RetrievalPlanItem:
+    """A checked retrieval sample (data/retrieval.py): where it is and its inputs' token counts."""
+
+    source: int
+    index: int
+    length: int
+    """Tokens of its longest model input (query, document, or query + document for the reranker)."""
+    items: int
+    """Model inputs it makes: 2 + negatives (embedding), 1 + negatives (reranker)."""
+    images: int
+    videos: int = 0
+    video_frames: int = 0
+
+
+ITEMS = {SAMPLE_ROW: PlanItem, PAIR_ROW: PairItem, RETRIEVAL_ROW: RetrievalPlanItem}
 
 
 class Plan:

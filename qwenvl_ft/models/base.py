@@ -264,6 +264,9 @@ class ModelFamily:
     sample boundary, which `isolate_packed_samples` installs on the model."""
     thinking: ClassVar[bool] = False
     """The official template writes `<think>` reasoning blocks (thinking on/off and reasoning in data)."""
+    retrieval: ClassVar[bool] = False
+    """Qwen3-VL-Embedding / -Reranker checkpoints are of this generation: `train.method: embedding` and
+    `reranker`, `eval --task retrieval` and the demo's search tab take it (models/qwen3_vl_retrieval.py)."""
     reasoning_efforts: ClassVar[tuple[str, ...]] = ()
     """Values of the official template's `reasoning_effort` (the first is its default), which writes
     `effort_instruction` at the head of the system turn while thinking is on (Qwen3.8); empty: the

@@ -103,6 +103,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
     vision = VISION_3
     video = VIDEO_3
     chat_template = CHAT_TEMPLATE_3
+    retrieval = True  # Qwen3-VL-Embedding / -Reranker 2B and 8B are Qwen3-VL checkpoints
     # config.json of the Qwen/ repositories (meta-device totals 4,437,815,808 and 8,767,123,696).
     published_sizes = {
         "Qwen3-VL-4B-Instruct": "qwen3_vl-4b",

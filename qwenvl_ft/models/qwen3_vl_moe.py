@@ -14,6 +14,7 @@ from .qwen3_vl import Qwen3VLFamily
 
 
 class Qwen3VLMoeFamily(Qwen3VLFamily):
+    retrieval = False  # the embedding and reranker models are dense
     name = "qwen3_vl_moe"
     title = "Qwen3-VL-MoE"
     model_types = ("qwen3_vl_moe",)

@@ -96,6 +96,7 @@ class Qwen3_5Family(Qwen3VLFamily):
     lora_target_regex = LORA_TARGETS_3_5
     packing_isolation = "positions+linear_state"
     thinking = True
+    retrieval = False  # the embedding and reranker models are Qwen3-VL
     kept_tensors = ("mtp.",)
     published_sizes = {
         "Qwen3.5-0.8B": "qwen3_5-0.8b",
