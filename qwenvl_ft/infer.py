@@ -67,10 +67,12 @@ def run_thinking(family: ModelFamily, asked: bool | None, meta: dict) -> bool | 
     return meta.get("thinking")
 
 
-def left_padded(prompts: list[Encoded], pad: int, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def left_padded(
+    prompts: list[Encoded], pad: int, model: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """Encoded inputs as one left-padded batch (each ends at the last column: where generation starts,
-    where the retrieval models read their last token), media concatenated, on `model`'s device and
-    in its dtype."""
+    where the retrieval models read their last token), media concatenated; on `model`'s device and
+    in its dtype (None: as built, on the CPU: a collator's batch, which the Trainer places)."""
     longest = max(len(p.input_ids) for p in prompts)
     ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -80,8 +82,6 @@ def left_padded(prompts: list[Encoded], pad: int, model: torch.nn.Module) -> dic
         ids[row, longest - n :] = torch.tensor(p.input_ids)
         mask[row, longest - n :] = 1
         types[row, longest - n :] = torch.tensor(p.mm_token_type_ids)
-    param = next(model.parameters())
-    device = param.device
     batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}
     with_images = [p for p in prompts if p.pixel_values is not None]
     if with_images:
@@ -92,7 +92,10 @@ def left_padded(prompts: list[Encoded], pad: int, model: torch.nn.Module) -> dic
         values = [getattr(p, key) for p in prompts if getattr(p, key) is not None]
         if values:
             batch[key] = torch.cat(values)
-    dtype = param.dtype
+    if model is None:
+        return batch
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
     return {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
 
 

@@ -29,22 +29,13 @@ from .models.qwen3_vl_retrieval import MAX_PIXELS, MIN_PIXELS, NO, YES
 from .runs import DTYPES, checkpoint_meta, is_adapter, load_adapter_model, processor_dir, read_run
 
 
-def backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """The model without its language-model head (`Qwen3VLModel`), adapters still in place."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
-
-
-def last_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The final-norm hidden state at the last column of a left-padded batch: (rows, hidden)."""
-    return backbone(model)(**batch).last_hidden_state[:, -1]
-
-
-def yes_no_logits(model: torch.nn.Module, hidden: torch.Tensor, ids: tuple[int, int]) -> torch.Tensor:
-    """logit("yes") - logit("no") of last hidden states, through the language-model head."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    logits = base.get_output_embeddings()(hidden)
-    return logits[:, ids[0]] - logits[:, ids[1]]
+def forward_last(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final-norm hidden state, logits) at the last column of a left-padded batch: (rows, hidden),
+    (rows, vocab). One forward through the whole model (and whatever wraps it: DeepSpeed, DDP, PEFT)
+    with the head on that column alone; its last hidden state is `Qwen3VLModel`'s `last_hidden_state`,
+    which the official code pools. Training and inference both read the models here."""
+    out = model(**batch, output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[-1][:, -1], out.logits[:, -1]
 
 
 def yes_no_ids(tokenizer) -> tuple[int, int]:
@@ -121,7 +112,7 @@ class Embedder:
         pad = self.processor.tokenizer.pad_token_id
         for chunk in _batches(items, batch_size):
             encoded = [encode_input(embedding_input(it, instruction), self.processor) for it in chunk]
-            out.append(last_hidden(self.model, left_padded(encoded, pad, self.model)).float().cpu())
+            out.append(forward_last(self.model, left_padded(encoded, pad, self.model))[0].float().cpu())
         return normalized(torch.cat(out), dims) if out else torch.zeros(0)
 
 
@@ -147,6 +138,6 @@ class Reranker:
         out = []
         for chunk in _batches(documents, batch_size):
             encoded = [encode_input(reranker_input(query, d, instruction), self.processor) for d in chunk]
-            hidden = last_hidden(self.model, left_padded(encoded, pad, self.model))
-            out.append(torch.sigmoid(yes_no_logits(self.model, hidden, ids).float()).cpu())
+            logits = forward_last(self.model, left_padded(encoded, pad, self.model))[1].float()
+            out.append(torch.sigmoid(logits[:, ids[0]] - logits[:, ids[1]]).cpu())
         return torch.cat(out) if out else torch.zeros(0)

@@ -248,7 +248,8 @@ class QuantConfig:
 class TrainConfig:
     method: str = "sft"
     """sft: supervised answers; dpo: chosen/rejected pairs (the `dpo:` section); grpo: sampled
-    answers scored by rewards; or a method registered with `training.methods.register`. Each reads
+    answers scored by rewards; embedding / reranker: retrieval samples (query, positive, negatives)
+    for Qwen3-VL-Embedding / -Reranker (the `embedding:` / `reranker:` sections); or a method registered with `training.methods.register`. Each reads
     only some of the recipe's keys: one it does not read, set away from its default, is refused."""
     mode: Literal["full", "lora", "qlora"] = "lora"
     freeze_vision: bool = True
@@ -379,6 +380,56 @@ class DPOConfig:
 
 
 @dataclass
+class EmbeddingConfig:
+    """Contrastive training of an embedder (`train.method: embedding`, Qwen3-VL-Embedding): InfoNCE of
+    each query against its positive, its hard negatives and every other document of the step (all
+    ranks' with `gather`), on L2-normalised last-token vectors (README 'Retrieval')."""
+
+    temperature: float = 0.05
+    """Similarities are divided by it; sentence-transformers' MultipleNegativesRankingLoss default
+    (scale 20). ms-swift uses 0.1; the official training value is not published."""
+    negatives: int | None = 7
+    """Hard negatives per query, drawn once per sample from its list (None: all it lists)."""
+    in_batch: bool = True
+    """The other queries' documents are negatives too."""
+    gather: bool = True
+    """With several processes, every rank's documents join each query's negatives (gradients flow
+    through this rank's own)."""
+    matryoshka_dims: list[int] = field(default_factory=list)
+    """Also train truncations to these widths (the first d values, normalised again): the loss is the
+    mean of InfoNCE at the full width and at each of them."""
+
+    def validate(self) -> None:
+        require_positive("embedding", self, "temperature")
+        if self.negatives is not None and self.negatives < 0:
+            raise ConfigError(f"'embedding.negatives' must be >= 0 or null, got {self.negatives}")
+        if any(d < 1 for d in self.matryoshka_dims):
+            raise ConfigError(
+                f"'embedding.matryoshka_dims' must be positive widths, got {self.matryoshka_dims}"
+            )
+
+
+@dataclass
+class RerankerConfig:
+    """Training a yes/no reranker (`train.method: reranker`, Qwen3-VL-Reranker); its score is
+    logit("yes") - logit("no") at the answer position after the official prompt."""
+
+    loss: Literal["listwise", "pointwise"] = "listwise"
+    """listwise: for each query, softmax cross-entropy of its positive against its negatives' scores;
+    pointwise: binary cross-entropy of each (query, document) score, "yes" for the positive, "no" for
+    each negative (the official report's objective)."""
+    negatives: int | None = 7
+    """Negatives per query, drawn once per sample from its list (None: all); ms-swift's default 7."""
+    temperature: float = 1.0
+    """listwise: scores are divided by it before the softmax."""
+
+    def validate(self) -> None:
+        require_positive("reranker", self, "temperature")
+        if self.negatives is not None and self.negatives < 1:
+            raise ConfigError(f"'reranker.negatives' must be >= 1 or null, got {self.negatives}")
+
+
+@dataclass
 class RewardSpec:
     name: str = ""
     """A built-in reward (grounding_iou, exact_match, format) or a user's 'module:function'
@@ -464,6 +515,8 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
 
     def validate(self) -> None:
         for section in (getattr(self, f.name) for f in fields(self)):  # every section, in order

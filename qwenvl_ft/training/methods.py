@@ -80,6 +80,8 @@ BUILTIN = {
     "sft": "qwenvl_ft.training.sft",
     "dpo": "qwenvl_ft.training.dpo",
     "grpo": "qwenvl_ft.training.grpo",
+    "embedding": "qwenvl_ft.training.embedding",
+    "reranker": "qwenvl_ft.training.reranker",
 }
 _registered: dict[str, Method] = {}
 
