@@ -1,5 +1,5 @@
-"""`qwenvl-ft data check DATA... [--model DIR | --family F] [--pairs | --grpo]`: verify every sample before training.
-`qwenvl-ft data synth OUT_DIR [--count N] [--seed S] [--held-out] [--pairs]`: write the synthetic grounding task.
+"""`qwenvl-ft data check DATA... [--model DIR | --family F] [--pairs | --grpo | --retrieval KIND]`: verify every sample before training.
+`qwenvl-ft data synth OUT_DIR [--count N] [--seed S] [--held-out] [--pairs | --retrieval]`: write a synthetic task.
 
 Checks syntax, role order, empty assistant turns, missing / unreadable / corrupt images,
 placeholders that don't match the images, boxes off the image or with x1 >= x2, and exact token
@@ -105,6 +105,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "prompt plus --max-new-tokens fits --max-length",
     )
     c.add_argument(
+        "--retrieval",
+        choices=["embedding", "reranker"],
+        help="the data are retrieval samples (query / positive / negatives; data/retrieval.py), checked "
+        "as that method's inputs (the official pixel budget unless --min/--max-pixels)",
+    )
+    c.add_argument(
         "--rewards",
         default="grounding_iou",
         help="with --grpo: the recipe's reward names, comma-separated (default grounding_iou)",
@@ -127,10 +133,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--held-out", action="store_true", help="draw only the held-out combinations (an evaluation set)"
     )
-    s.add_argument(
+    kind = s.add_mutually_exclusive_group()
+    kind.add_argument(
         "--pairs",
         action="store_true",
         help="write DPO pairs instead: the correct box chosen, a box in another cell rejected",
+    )
+    kind.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="write text-to-image retrieval samples instead: 'the {colour} {shape} in the {place} cell' "
+        "as query, its image as positive, 3 hard negatives (held-out: the 27 held-out combinations once)",
     )
     s.set_defaults(func=synth)
 
@@ -140,7 +153,14 @@ def check(args: argparse.Namespace) -> int:
     from ..data.checking import check_datasets, format_report
     from ..data.dataset import CACHE_DIR
 
+    chosen = [flag for flag in ("pairs", "grpo", "retrieval") if getattr(args, flag)]
+    if len(chosen) > 1:
+        raise SystemExit(f"data check: --{' and --'.join(chosen)} are different kinds of data; give one")
     processor = _processor(args)
+    if args.retrieval and not processor.family.retrieval:
+        raise SystemExit(
+            f"data check: {processor.family.title} has no embedding or reranker models (Qwen3-VL has)"
+        )
     processor.video_config = VideoConfig(
         fps=args.fps, num_frames=args.num_frames, max_frames=args.max_frames, max_pixels=args.video_max_pixels
     )
@@ -159,6 +179,13 @@ def check(args: argparse.Namespace) -> int:
         rules = PairRules(args.max_length, args.allow_urls)
     elif args.grpo:
         rules = _prompt_rules(args)
+    elif args.retrieval:
+        from ..data.retrieval import RetrievalRules
+        from ..models.qwen3_vl_retrieval import MAX_PIXELS, MIN_PIXELS
+
+        if args.min_pixels is None and args.max_pixels is None:
+            processor.set_pixel_range(MIN_PIXELS, MAX_PIXELS)
+        rules = RetrievalRules(args.max_length, args.retrieval, args.allow_urls)
     else:
         rules = SampleRules(
             args.max_length, args.overlength, args.supervise, args.allow_urls, not args.no_decode
@@ -187,11 +214,13 @@ def _prompt_rules(args: argparse.Namespace):
 def synth(args: argparse.Namespace) -> int:
     from ..data.synthetic import write_grounding_set
     from ..data.synthetic_pairs import write_pair_set
+    from ..data.synthetic_retrieval import write_retrieval_set
 
-    write = write_pair_set if args.pairs else write_grounding_set
+    write = write_pair_set if args.pairs else write_retrieval_set if args.retrieval else write_grounding_set
     path = write(args.out_dir, args.count, args.seed, heldout=args.held_out)
+    count = sum(1 for _ in open(path, encoding="utf-8"))
     kind = ("held-out" if args.held_out else "training") + (" pairs" if args.pairs else " samples")
-    print(f"wrote {path} ({args.count} {kind}, seed {args.seed})")
+    print(f"wrote {path} ({count} {kind}, seed {args.seed})")
     return 0
 
 

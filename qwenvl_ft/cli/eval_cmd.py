@@ -1,4 +1,4 @@
-"""`qwenvl-ft eval SOURCE [--data DATA] [--task vqa|caption|ocr] [--output report.json]`: task metrics.
+"""`qwenvl-ft eval SOURCE [--data DATA] [--task vqa|caption|ocr|retrieval] [--output report.json]`: task metrics.
 
 SOURCE is either a predictions JSONL (what `qwenvl-ft predict` writes) or a model: a base or
 merged checkpoint, or a run / checkpoint directory, which first generates answers for --data
@@ -8,6 +8,11 @@ own convention); the other lines by --task: vqa (normalised exact match, VQAv2 a
 line has several `answers`), caption (CIDEr-D, BLEU) or ocr (character error rate). Reasoning
 (thinking generations: --thinking on|off) is never scored: boxes and answers are read from the
 answer after it.
+
+--task retrieval: SOURCE is an embedding model or run (Qwen3-VL-Embedding, `train.method: embedding`)
+and --data a retrieval file (README 'Retrieval'): its documents are the corpus, each query's positive
+the relevant one; recall@1/5/10, MRR and nDCG@10, and again after --reranker reorders each query's
+top --rerank-top documents.
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="predictions JSONL, or a model / run directory (then --data)")
-    p.add_argument("--task", choices=["vqa", "caption", "ocr"], default="vqa", help="metric for text answers")
+    p.add_argument(
+        "--task",
+        choices=["vqa", "caption", "ocr", "retrieval"],
+        default="vqa",
+        help="metric for text answers, or retrieval (an embedding model ranks a corpus)",
+    )
     p.add_argument("--output", help="write the report as JSON here")
     m = p.add_argument_group("with a model as SOURCE")
     m.add_argument("--data", help="dataset to generate answers for (any format `data check` reads)")
@@ -41,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     m.add_argument("--base", help="base model directory, overriding the one a LoRA run recorded")
     add_thinking_argument(m)
+    r = p.add_argument_group("with --task retrieval")
+    r.add_argument("--reranker", help="a reranker model or run that reorders each query's top documents")
+    r.add_argument("--rerank-top", type=int, default=10, help="documents the reranker reorders (default 10)")
+    r.add_argument("--dims", type=int, help="Matryoshka: rank with the first DIMS values of each vector")
     p.set_defaults(func=run)
 
 
@@ -51,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.source)
     if not source.exists():
         raise SystemExit(f"eval: {source} does not exist")
-    if source.is_dir():
+    if args.task == "retrieval":
+        report = _retrieval(args, source)
+    elif args.reranker:
+        raise SystemExit("eval: --reranker is for --task retrieval")
+    elif source.is_dir():
         if not args.data:
             raise SystemExit(
                 f"eval: {source} is a model directory: give the dataset to score it on with --data"
@@ -71,6 +89,18 @@ def run(args: argparse.Namespace) -> int:
             json.dump(report, f, indent=2)
             f.write("\n")
     return 0
+
+
+def _retrieval(args: argparse.Namespace, model: Path) -> dict:
+    from ..eval.retrieval import evaluate_retrieval, read_samples
+    from ..retrieval import Embedder, Reranker
+
+    if not model.is_dir() or not args.data:
+        raise SystemExit("eval --task retrieval: give an embedding model directory and its --data")
+    samples = read_samples(args.data)[: args.limit]
+    embedder = Embedder.load(model, args.dtype, base=args.base)
+    reranker = Reranker.load(args.reranker, args.dtype) if args.reranker else None
+    return evaluate_retrieval(samples, embedder, reranker, args.rerank_top, args.dims, args.batch_size)
 
 
 def _predict(args: argparse.Namespace, model: Path, out: Path) -> Path:

@@ -1,7 +1,9 @@
 """`qwenvl-ft make-tiny FAMILY OUT_DIR`: build a tiny random checkpoint of a generation, offline.
 
 The directory holds config, weights, tokenizer, processor config and chat template, and loads
-like a real checkpoint. Unless --no-check, it is reloaded and run forward and backward on a
+like a real checkpoint. --retrieval embedding|reranker builds the kind of Qwen3-VL checkpoint that
+Qwen3-VL-Embedding / -Reranker are (the same architecture): the real vocabulary, whose "yes" and
+"no" entries the reranker reads, and the official pixel budget (4 to 1800 visual tokens). Unless --no-check, it is reloaded and run forward and backward on a
 conversation with an image before the command returns.
 """
 
@@ -46,6 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a stand-in for a pretrained vision tower that sees colour and place on the synthetic "
         f"grounding images (qwenvl-ft data synth); {', '.join(standin_families())}",
     )
+    p.add_argument(
+        "--retrieval",
+        choices=["embedding", "reranker"],
+        help="a Qwen3-VL-Embedding / -Reranker kind of checkpoint (qwen3_vl): real vocabulary, official pixels",
+    )
     p.add_argument("--min-pixels", type=int, help="the processor's min_pixels (default: the published one)")
     p.add_argument("--max-pixels", type=int, help="the processor's max_pixels (default: the published one)")
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
@@ -66,6 +73,20 @@ def make_tiny(args: argparse.Namespace) -> int:
 
     family = get_family(args.family)
     check(family)
+    if args.retrieval:
+        from ..models.qwen3_vl_retrieval import MAX_PIXELS, MIN_PIXELS
+
+        if not family.retrieval:
+            raise SystemExit(
+                f"make-tiny: --retrieval: {family.title} has no embedding or reranker models (qwen3_vl has)"
+            )
+        if args.real_vocab is False:
+            raise SystemExit(
+                "make-tiny: --retrieval needs the real vocabulary (the reranker reads 'yes' and 'no')"
+            )
+        args.real_vocab = True
+        args.min_pixels = args.min_pixels or MIN_PIXELS
+        args.max_pixels = args.max_pixels or MAX_PIXELS
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to overwrite it")
@@ -82,6 +103,7 @@ def make_tiny(args: argparse.Namespace) -> int:
     vocab = "real Qwen vocabulary" if report.real_vocab else "small offline BPE"
     extras = ", GPTQ 4-bit decoder blocks" if args.int4 else ""
     extras += ", stand-in vision tower" if args.standin_vision else ""
+    extras += f", a {args.retrieval} kind (official pixel budget)" if args.retrieval else ""
     print(
         f"built tiny {family.title}: {report.parameters / 1e6:.1f} M parameters, vocab {report.vocab_size} "
         f"({vocab}){extras}"

@@ -73,11 +73,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def accuracy(model: Path, data: Path, out: Path) -> float:
+def accuracy(model: Path, data: Path, out: Path, max_new_tokens: int = 32) -> float:
     report = out / f"{model.name}.json"
     # No --thinking: a thinking generation's run is asked in the mode it was trained in (off here: its
     # answers carry no reasoning), the untrained model in its template's default.
-    args = ["eval", str(model), "--data", str(data), "--dtype", "fp32", "--max-new-tokens", "32"]
+    args = [
+        "eval",
+        str(model),
+        "--data",
+        str(data),
+        "--dtype",
+        "fp32",
+        "--max-new-tokens",
+        str(max_new_tokens),
+    ]
     assert main([*args, "--batch-size", "16", "--output", str(report)]) == 0
     return json.loads(report.read_text())["grounding"]["acc@0.5"]
 
@@ -118,3 +127,37 @@ def test_a_tiny_model_learns_to_ground_shapes(tmp_path, one_thread, name):
     print(f"{name}: acc@0.5 untrained {before:.3f}, fixed box {fixed_acc:.3f}, trained {after:.3f}")
     assert before < 0.2 and fixed_acc < 0.25
     assert after >= 0.6 and after >= max(before, fixed_acc) + 0.4
+
+
+def with_reasoning(data: Path) -> Path:
+    """The grounding set with a short reasoning before each answer, as `reasoning_content`."""
+    lines = []
+    for line in data.read_text().splitlines():
+        sample = json.loads(line)
+        question = sample["messages"][0]["content"].removeprefix("<image>Where is the ").rstrip("?")
+        sample["messages"][1]["reasoning_content"] = f"I look for the {question}."
+        lines.append(json.dumps(sample))
+    out = data.with_name("reasoning.jsonl")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", [n for n in registered(lambda f: f.thinking) if FACTS.get(n) and FACTS[n].learning]
+)
+def test_a_run_trained_with_reasoning_is_asked_with_thinking_on(tmp_path, one_thread, name):
+    """The other path of 'Thinking at inference': answers trained after their reasoning; eval with no
+    flag thinks (the run records thinking on), writes the reasoning and then the box."""
+    setup = need(name, "learning").learning
+    model = tmp_path / "model"
+    make_tiny(get_family(name), model, real_vocab=False, standin_vision=True, **setup.tiny)
+    train = with_reasoning(write_grounding_set(tmp_path / "train", 2000, seed=1))
+    held_out = write_grounding_set(tmp_path / "eval", 64, seed=2, heldout=True)
+    run = tmp_path / "run"
+    args = ["train", str(REPO / setup.recipe), f"model.path={model}", f"output.dir={run}"]
+    assert main([*args, f"data.train=[{{path: {train}}}]", "data.num_workers=0", *setup.overrides]) == 0
+    assert json.loads((run / "qwenvl_ft.json").read_text())["thinking"] is True
+    after = accuracy(run, held_out, tmp_path, max_new_tokens=64)
+    print(f"{name} with reasoning: acc@0.5 trained {after:.3f}")
+    assert after >= 0.6
