@@ -9,6 +9,7 @@ server goes on.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import os
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from .core import DemoModel, Session, UploadRefused, example_prompts
+from .search import SearchIndex
 
 log = logging.getLogger("qwenvl_ft.demo")
 
@@ -63,8 +65,10 @@ def build(
     system: str | None = None,
     examples_from: str | None = None,
     thinking: bool | None = None,
+    search: SearchIndex | None = None,
 ):
-    """The gradio Blocks of the page for `models` (one column each, the same question to all).
+    """The gradio Blocks of the page for `models` (one column each, the same question to all), and
+    a search tab over `search`'s images when given (the chat tab only with models).
 
     thinking: the switch's first position (None: each checkpoint's default, a run's the mode it was
     trained in: README 'Thinking at inference')."""
@@ -111,56 +115,94 @@ def build(
         return ("", *[[] for _ in models], *[None] * n, "", None, page)
 
     with gr.Blocks(title="qwenvl-ft demo", analytics_enabled=False) as demo:
-        gr.Markdown(
-            "## qwenvl-ft demo\n"
-            + "\n".join(f"- **{chr(65 + i)}**: `{m.title}`" for i, m in enumerate(models))
-        )
-        state = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                kinds = "images or a video" if video else "images"
-                files = gr.File(label=f"Upload {kinds}", file_count="multiple", elem_id="uploads")
-                question = gr.Textbox(
-                    label="Question", placeholder="Where is the red square?", elem_id="question"
-                )
-                think = gr.Radio(THINKING_CHOICES, value=first, label="Thinking", visible=thinks)
-                with gr.Row():
-                    send = gr.Button("Send", variant="primary", elem_id="send")
-                    clear = gr.Button("Reset", elem_id="reset")
-                status = gr.Markdown(elem_id="status")
-            chats, drawn = [], []
-            for i, m in enumerate(models):
-                with gr.Column(scale=2, min_width=320):
-                    chats.append(
-                        gr.Chatbot(
-                            label=f"{chr(65 + i)}: {m.title}",
-                            height=360,
-                            elem_id=f"chat{i}",
-                            feedback_options=None,
-                        )
+        tabs = gr.Tabs() if search is not None else contextlib.nullcontext()
+        with tabs:
+            if models:
+                with gr.Tab("Chat") if search is not None else contextlib.nullcontext():
+                    gr.Markdown(
+                        "## qwenvl-ft demo\n"
+                        + "\n".join(f"- **{chr(65 + i)}**: `{m.title}`" for i, m in enumerate(models))
                     )
-                    drawn.append(
-                        gr.Image(
-                            label=f"{chr(65 + i)}: boxes",
-                            type="pil",
-                            format="png",
-                            height=380,
-                            interactive=False,
-                            elem_id=f"boxes{i}",
+                    state = gr.State(None)
+                    with gr.Row():
+                        with gr.Column(scale=1, min_width=280):
+                            kinds = "images or a video" if video else "images"
+                            files = gr.File(label=f"Upload {kinds}", file_count="multiple", elem_id="uploads")
+                            question = gr.Textbox(
+                                label="Question", placeholder="Where is the red square?", elem_id="question"
+                            )
+                            think = gr.Radio(THINKING_CHOICES, value=first, label="Thinking", visible=thinks)
+                            with gr.Row():
+                                send = gr.Button("Send", variant="primary", elem_id="send")
+                                clear = gr.Button("Reset", elem_id="reset")
+                            status = gr.Markdown(elem_id="status")
+                        chats, drawn = [], []
+                        for i, m in enumerate(models):
+                            with gr.Column(scale=2, min_width=320):
+                                chats.append(
+                                    gr.Chatbot(
+                                        label=f"{chr(65 + i)}: {m.title}",
+                                        height=360,
+                                        elem_id=f"chat{i}",
+                                        feedback_options=None,
+                                    )
+                                )
+                                drawn.append(
+                                    gr.Image(
+                                        label=f"{chr(65 + i)}: boxes",
+                                        type="pil",
+                                        format="png",
+                                        height=380,
+                                        interactive=False,
+                                        elem_id=f"boxes{i}",
+                                    )
+                                )
+                    prompts = example_prompts(examples_from) if examples_from else []
+                    if prompts:
+                        gr.Examples(
+                            [[_example_copies(p), q] for q, p in prompts],
+                            [files, question],
+                            label="Questions from the run's eval data (click one, then Send)",
                         )
-                    )
-        prompts = example_prompts(examples_from) if examples_from else []
-        if prompts:
-            gr.Examples(
-                [[_example_copies(p), q] for q, p in prompts],
-                [files, question],
-                label="Questions from the run's eval data (click one, then Send)",
-            )
-        outputs = [status, *chats, *drawn, question, files, state]
-        send.click(ask, [files, question, think, state], outputs, api_name="ask")
-        question.submit(ask, [files, question, think, state], outputs, api_name=False)
-        clear.click(reset, [state], outputs, api_name="reset")
+                    outputs = [status, *chats, *drawn, question, files, state]
+                    send.click(ask, [files, question, think, state], outputs, api_name="ask")
+                    question.submit(ask, [files, question, think, state], outputs, api_name=False)
+                    clear.click(reset, [state], outputs, api_name="reset")
+            if search is not None:
+                with gr.Tab("Search"):
+                    search_tab(gr, search)
     return demo
+
+
+def search_tab(gr, index: SearchIndex) -> None:
+    """A query box, an instruction and the ranked images (API name "search")."""
+    gr.Markdown(
+        f"Search **{len(index.paths)}** images with `{index.embedder.family.title}` embeddings"
+        + (f", the top {index.rerank_top} reranked" if index.reranker is not None else "")
+    )
+    with gr.Row():
+        query = gr.Textbox(
+            label="Query", placeholder="the red circle in the top left cell", elem_id="query", scale=3
+        )
+        instruction = gr.Textbox(
+            label="Instruction (empty: the model's default)", elem_id="instruction", scale=2
+        )
+        top = gr.Slider(
+            1, min(50, len(index.paths)), value=min(10, len(index.paths)), step=1, label="Results"
+        )
+    go = gr.Button("Search", variant="primary", elem_id="search")
+    status = gr.Markdown(elem_id="search_status")
+    gallery = gr.Gallery(label="Ranked", columns=5, height=420, elem_id="results")
+
+    def run(text, instr, k):
+        try:
+            hits = index.search(text or "", instr, int(k))
+        except ValueError as e:
+            return f"**Not searched:** {e}", []
+        return f"{len(hits)} of {len(index.paths)} images", [(str(h.path), h.caption) for h in hits]
+
+    go.click(run, [query, instruction, top], [status, gallery], api_name="search")
+    query.submit(run, [query, instruction, top], [status, gallery], api_name=False)
 
 
 def serve(demo, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: int = 100, block: bool = True):

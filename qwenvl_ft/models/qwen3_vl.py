@@ -108,6 +108,10 @@ class Qwen3VLFamily(Qwen2VLFamily):
     published_sizes = {
         "Qwen3-VL-4B-Instruct": "qwen3_vl-4b",
         "Qwen3-VL-8B-Instruct": "qwen3_vl-8b",
+        # Trained from Qwen3-VL-8B-Instruct (the technical report): its architecture. Their own
+        # config.json files were not found here; the 2B ones' base has no config shipped here.
+        "Qwen3-VL-Embedding-8B": "qwen3_vl-8b",
+        "Qwen3-VL-Reranker-8B": "qwen3_vl-8b",
     }
 
     def rope_model_class(self):

@@ -115,6 +115,7 @@ def setup_from_recipe(
     seq = (d.pack_length or d.max_length) if d.packing else d.max_length
     samples_per_row = max(1, seq // d.max_length) if d.packing else 1
     t = cfg.train
+    rows, max_pixels, min_pixels = retrieval_rows(cfg, notes)
     for key, n in (("sequence_parallel", t.sequence_parallel), ("expert_parallel", t.expert_parallel)):
         if nproc % n:
             raised = -(-nproc // n) * n
@@ -130,11 +131,11 @@ def setup_from_recipe(
         liger=t.liger,
         attn=cfg.model.attn_implementation,
         seq=seq,
-        batch=t.per_device_batch_size,
+        batch=t.per_device_batch_size * rows,
         packing=d.packing,
         images=images_per_sample * samples_per_row,
-        max_pixels=cfg.model.max_pixels,
-        min_pixels=cfg.model.min_pixels,
+        max_pixels=max_pixels,
+        min_pixels=min_pixels,
         freeze_vision=t.freeze_vision,
         freeze_merger=t.freeze_merger,
         freeze_language=t.freeze_language,
@@ -148,3 +149,25 @@ def setup_from_recipe(
         ep=t.expert_parallel,
     )
     return setup, notes
+
+
+def retrieval_rows(cfg: RecipeConfig, notes: list[str]) -> tuple[int, int | None, int | None]:
+    """(model inputs per sample, max_pixels, min_pixels): an embedding or reranker sample is several
+    inputs in one step (query, positive, negatives), at the official pixel budget unless the recipe
+    sets one; 1 and the recipe's pixels for the other methods."""
+    m, t = cfg.model, cfg.train
+    if t.method not in ("embedding", "reranker"):
+        return 1, m.max_pixels, m.min_pixels
+    from ..models.qwen3_vl_retrieval import MAX_PIXELS, MIN_PIXELS
+
+    negatives = (cfg.embedding if t.method == "embedding" else cfg.reranker).negatives
+    if negatives is None:
+        negatives = 7
+        notes.append(f"{t.method}.negatives is unset (all of each sample's): planned for 7")
+    rows = negatives + (2 if t.method == "embedding" else 1)
+    notes.append(
+        f"{t.method}: {rows} inputs per sample (the query{', the positive' if t.method == 'embedding' else ' with the positive'}"
+        f" and {negatives} negatives): {t.per_device_batch_size * rows} rows per step"
+    )
+    official = m.max_pixels is None and m.min_pixels is None
+    return rows, MAX_PIXELS if official else m.max_pixels, MIN_PIXELS if official else m.min_pixels
