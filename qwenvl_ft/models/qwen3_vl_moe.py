@@ -14,9 +14,9 @@ from .qwen3_vl import Qwen3VLFamily
 
 
 class Qwen3VLMoeFamily(Qwen3VLFamily):
-    retrieval = False  # the embedding and reranker models are dense
     name = "qwen3_vl_moe"
     title = "Qwen3-VL-MoE"
+    retrieval = False  # the embedding and reranker models are dense
     model_types = ("qwen3_vl_moe",)
     liger_patch = "apply_liger_kernel_to_qwen3_vl_moe"
     lora_target_regex = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
