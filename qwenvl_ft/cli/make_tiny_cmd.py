@@ -55,6 +55,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--min-pixels", type=int, help="the processor's min_pixels (default: the published one)")
     p.add_argument("--max-pixels", type=int, help="the processor's max_pixels (default: the published one)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config field before the model is built, by dotted path, the value as JSON "
+        "(e.g. text_config.num_hidden_layers=4); repeatable",
+    )
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
     p.add_argument("--no-check", action="store_true", help="skip the reload + forward/backward self-check")
     p.set_defaults(func=make_tiny)
@@ -99,6 +107,7 @@ def make_tiny(args: argparse.Namespace) -> int:
         standin_vision=args.standin_vision,
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
+        overrides=_overrides(args.override),
     )
     vocab = "real Qwen vocabulary" if report.real_vocab else "small offline BPE"
     extras = ", GPTQ 4-bit decoder blocks" if args.int4 else ""
@@ -113,3 +122,19 @@ def make_tiny(args: argparse.Namespace) -> int:
         print(f"self-check: reloaded from disk, forward + backward on an image conversation, loss {loss:.3f}")
     print(f"checkpoint: {out.resolve()}")
     return 0
+
+
+def _overrides(pairs: list[str]) -> dict | None:
+    """`--override KEY=VALUE` as make_tiny's overrides (the value parsed as JSON, else kept as text)."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"make-tiny: --override {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out or None

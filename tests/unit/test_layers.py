@@ -14,13 +14,19 @@ LAYERS = [
     {"config", "noise"},
     {"models", "runs"},  # the families' facts; the run-directory contract
     {"data", "eval"},  # reading and encoding samples; task metrics
-    {"infer", "tiny"},  # batched generation; tiny models for tests and the quickstart
+    {"infer", "retrieval", "tiny"},  # batched generation; embedding and reranking; tiny models
     {"predict", "merge", "chat"},
     {"training"},
     {"train", "plan", "demo"},
     {"cli", "__main__"},
 ]
-METHODS = {"qwenvl_ft.training.sft", "qwenvl_ft.training.dpo", "qwenvl_ft.training.grpo"}
+METHODS = {
+    "qwenvl_ft.training.sft",
+    "qwenvl_ft.training.dpo",
+    "qwenvl_ft.training.grpo",
+    "qwenvl_ft.training.embedding",
+    "qwenvl_ft.training.reranker",
+}
 
 
 def modules() -> dict[str, Path]:
