@@ -444,6 +444,19 @@ def sampled(names: list[str], check: str) -> list:
     return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
+SAME_ARCHITECTURE = {"qwen3_8": "qwen3_5"}
+"""Generations whose model (architecture, tiny builder, stand-in tower) is another's: what differs is
+their template, tokens or facts, which their own tests cover; the model-level tests sample the
+other one in the fast suite and run them too only with --run-slow (`by_architecture`)."""
+
+
+def by_architecture(names: list[str]) -> list:
+    """pytest params of `names`, marked slow for the families whose model another of `names` is."""
+    return [
+        pytest.param(n, marks=pytest.mark.slow) if SAME_ARCHITECTURE.get(n) in names else n for n in names
+    ]
+
+
 def trained_by_test_train() -> list[str]:
     """The families test_train.py and test_merge.py run: all but those with their own e2e module
     (a family without facts runs too)."""

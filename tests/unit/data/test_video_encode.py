@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("av")
 
-from family_facts import need, registered  # noqa: E402
+from family_facts import by_architecture, need, registered  # noqa: E402
 
 from qwenvl_ft.config.schema import DataConfig, DatasetSpec, VideoConfig  # noqa: E402
 from qwenvl_ft.data.check import check_sources, format_report  # noqa: E402
@@ -51,7 +51,7 @@ def video_conv(path):
 FRAMES = [0, 6, 12, 17, 23, 29]
 
 
-@pytest.mark.parametrize("name", registered(lambda f: f.video is not None))
+@pytest.mark.parametrize("name", by_architecture(registered(lambda f: f.video is not None)))
 def test_frames_grid_and_tokens_by_hand(tiny_model, clip_file, name):
     """Frames, grid, tokens and time of the clip, against tests/family_facts.py (VideoClip)."""
     want = need(name, "video_clip").video_clip

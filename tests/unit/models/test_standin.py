@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from family_facts import need, registered
+from family_facts import by_architecture, need, registered
 
 from qwenvl_ft.data.conversation import Conversation, Segment, Turn
 from qwenvl_ft.data.encode import encode
@@ -94,7 +94,7 @@ def test_families_without_a_standin_say_so(name):
         builder_for(FAMILIES[name]).standin_vision(None)
 
 
-@pytest.mark.parametrize("name", STANDIN)
+@pytest.mark.parametrize("name", by_architecture(STANDIN))
 def test_standin_features_follow_the_image_a_random_tower_barely_does(tmp_path, name):
     # Spread of the mean image feature over 16 images, relative to its size. Measured: random
     # towers 0.07 (Qwen3-VL) and 0.05 (Qwen-VL), stand-ins 0.79 and 0.42.
@@ -106,7 +106,7 @@ def test_standin_features_follow_the_image_a_random_tower_barely_does(tmp_path, 
     assert spread[True] > 0.3 and spread[True] > 4 * spread[False]
 
 
-@pytest.mark.parametrize("name", [n for n in STANDIN if not FAMILIES[n].vision.fixed_size])
+@pytest.mark.parametrize("name", by_architecture([n for n in STANDIN if not FAMILIES[n].vision.fixed_size]))
 def test_the_shape_token_alone_carries_colour_and_place(tmp_path, name):
     """One image token per cell of the grid: the shape's carries its colour and place, the others are 0."""
     family, model, processor = tiny(name, tmp_path, standin=True)

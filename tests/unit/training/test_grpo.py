@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from family_facts import registered
+from family_facts import by_architecture, registered
 
 from qwenvl_ft.config import load_recipe
 from qwenvl_ft.config.schema import ConfigError, DatasetSpec
@@ -211,7 +211,7 @@ def grounding_prompts(name, tiny_model, grounding_data):
     return model, predictor, prompts
 
 
-@pytest.mark.parametrize("name", registered())
+@pytest.mark.parametrize("name", by_architecture(registered()))
 def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grounding_data):
     """Prompts of different lengths (left-padded) sampled with generate(); the loss's forward over
     prompt + answer must give each answer token the log-probability generation sampled it from
@@ -240,7 +240,7 @@ def test_answer_log_probs_equal_the_sampling_distribution(name, tiny_model, grou
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", registered())
+@pytest.mark.parametrize("name", by_architecture(registered()))
 def test_the_vision_tower_runs_once_per_prompt(name, tiny_model, grounding_data):
     """A rollout repeats each prompt's image once per sampled answer; within vision_once(..., "each")
     the tower sees each image once, and the answers' log-probs are those of a tower run per row

@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from family_facts import by_architecture
 from PIL import Image
 from transformers import (
     AutoConfig,
@@ -425,7 +426,9 @@ def test_collator_numbers_the_samples_of_each_row():
     assert batch["input_ids"].tolist() == [[1, 2, 3, 1, 2], [1, 2, 0, 0, 0]]
 
 
-LINEAR_STATE = [n for n, f in FAMILIES.items() if f.packing_isolation == "positions+linear_state"]
+LINEAR_STATE = by_architecture(
+    [n for n, f in FAMILIES.items() if f.packing_isolation == "positions+linear_state"]
+)
 
 
 @pytest.mark.parametrize("name", LINEAR_STATE)

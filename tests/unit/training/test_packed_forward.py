@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from family_facts import registered
+from family_facts import by_architecture, registered
 from PIL import Image
 
 from qwenvl_ft.data.collate import PaddingCollator
@@ -84,7 +84,7 @@ def video_encoding(processor, tmp_dir):
     return encode(conv, processor, [green], "all_assistant", [clip])
 
 
-@pytest.fixture(scope="module", params=registered())
+@pytest.fixture(scope="module", params=by_architecture(registered()))
 def setup(request, tiny_model, tmp_path_factory):
     from transformers import AutoConfig
 
