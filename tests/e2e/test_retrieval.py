@@ -87,7 +87,9 @@ def test_a_merged_run_scores_in_plain_transformers_as_the_official_code_does(tin
         torch.testing.assert_close(ours, official_scores(merged, query, docs, default), atol=5e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("kind", "mode"), [("embedding", "lora"), ("reranker", "full")])
+@pytest.mark.parametrize(
+    ("kind", "mode"), [("embedding", "lora"), pytest.param("reranker", "full", marks=pytest.mark.slow)]
+)
 def test_training_under_zero3_with_two_processes(launch_train, tiny, tmp_path, kind, mode):
     pytest.importorskip("deepspeed", reason="DeepSpeed is optional: pip install 'qwenvl-ft[deepspeed]'")
     # Image samples and text-only ones: steps where one rank has images and the other none (the keepalive).
